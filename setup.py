@@ -1,0 +1,34 @@
+"""Install mmseg_ext. The exact, tested pins live in requirements.txt (used by `make install`)."""
+import os.path as osp
+
+from setuptools import find_packages, setup
+
+
+def read_version() -> str:
+    scope = {}
+    with open(osp.join(osp.dirname(__file__), 'mmseg_ext', 'version.py')) as file:
+        exec(file.read(), scope)
+    return scope['__version__']
+
+
+setup(
+    name='mmseg_ext',
+    version=read_version(),
+    description='Paper-faithful, faster ERFNet, OCRNet and SegFormer for mmsegmentation 1.x (a plugin)',
+    long_description=open(osp.join(osp.dirname(__file__), 'README.md')).read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.8',
+    packages=find_packages(include=['mmseg_ext', 'mmseg_ext.*']),
+    install_requires=[
+        'torch>=1.12',
+        'mmsegmentation>=1.2.0,<1.3',
+        'mmengine>=0.10,<1',
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'ftfy',
+        'regex',
+    ],
+    extras_require={
+        'tests': ['pytest', 'transformers', 'safetensors'],
+    },
+    license='Apache-2.0',
+)
