@@ -1,0 +1,12 @@
+"""mmseg_ext: faster, paper-faithful model families as a plugin for mmsegmentation 1.x.
+
+Importing the package makes mmengine's checkpoint loading safe on torch >= 2.6
+(:mod:`mmseg_ext.checkpoint`). Models register lazily: a config naming ``type='mmseg_ext.X'`` imports
+:mod:`mmseg_ext.registry` and :mod:`mmseg_ext.models` through mmengine's registry.
+"""
+from . import checkpoint
+from .version import __version__
+
+checkpoint.install()
+
+__all__ = ['__version__']

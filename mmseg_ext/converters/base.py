@@ -1,0 +1,95 @@
+"""The interface every published-checkpoint converter implements, and format detection.
+
+A converter recognises one published layout from its keys alone and maps it onto this plugin's
+models. ``tools/convert_checkpoint.py`` tries every registered converter and refuses files that fit
+none or several, so adding a family means adding one module that calls :func:`register_converter`.
+"""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping
+
+import torch
+
+__all__ = ['CheckpointConverter', 'ConversionResult', 'register_converter', 'registered_converters',
+           'detect_converter', 'strip_prefixes']
+
+
+@dataclass
+class ConversionResult:
+    """What a converter returns.
+
+    Attributes:
+        state_dict: Keys and tensors for the segmentor built from ``config``.
+        config: Repository path of the config that builds the matching model (printed last by the CLI).
+        notes: Human-readable remarks printed by the CLI (class count handling, dropped keys, ...).
+    """
+    state_dict: Dict[str, torch.Tensor]
+    config: str
+    notes: List[str] = field(default_factory=list)
+
+
+class CheckpointConverter(ABC):
+    """One published checkpoint layout. Subclasses set ``name`` and ``description``."""
+
+    name: str = ''
+    description: str = ''
+
+    @abstractmethod
+    def matches(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
+        """Whether ``state_dict`` (prefixes such as ``module.`` already stripped) is in this layout."""
+
+    @abstractmethod
+    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> ConversionResult:
+        """Map ``state_dict`` onto the plugin's model. Raise ``ValueError`` naming the offending keys."""
+
+
+_CONVERTERS: Dict[str, CheckpointConverter] = {}
+
+
+def register_converter(converter: CheckpointConverter) -> CheckpointConverter:
+    """Add ``converter`` to the formats the CLI detects; names must be unique."""
+    if not converter.name:
+        raise ValueError(f'{type(converter).__name__} has no name')
+    if converter.name in _CONVERTERS:
+        raise ValueError(f"a converter named '{converter.name}' is already registered")
+    _CONVERTERS[converter.name] = converter
+    return converter
+
+
+def registered_converters() -> Dict[str, CheckpointConverter]:
+    """All registered converters by name."""
+    return dict(_CONVERTERS)
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes=('module.', 'model.')) -> Dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (``nn.DataParallel``'s ``module.``, training wrappers' ``model.``).
+
+    A prefix is removed only when every key carries it, so a layout whose own keys start with
+    ``model.`` is not damaged.
+    """
+    result = dict(state_dict)
+    changed = True
+    while changed and result:
+        changed = False
+        for prefix in prefixes:
+            if all(key.startswith(prefix) for key in result):
+                result = {key[len(prefix):]: value for key, value in result.items()}
+                changed = True
+    return result
+
+
+def detect_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConverter:
+    """The single registered converter whose layout ``state_dict`` is in.
+
+    Raises:
+        ValueError: if no converter or more than one matches; the message lists the known formats.
+    """
+    matching = [conv for conv in _CONVERTERS.values() if conv.matches(state_dict)]
+    if len(matching) == 1:
+        return matching[0]
+    known = '\n'.join(f'  {conv.name}: {conv.description}' for conv in _CONVERTERS.values())
+    if not matching:
+        sample = ', '.join(sorted(state_dict)[:8])
+        raise ValueError(f'the checkpoint fits none of the known layouts (first keys: {sample}).\n'
+                         f'Known layouts:\n{known}')
+    raise ValueError(f"the checkpoint fits several layouts: {', '.join(c.name for c in matching)}")
