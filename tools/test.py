@@ -1,0 +1,136 @@
+"""Test (and evaluate) a segmentor checkpoint with mmengine's runner and mmseg's evaluators.
+
+Flags and flow follow mmseg 1.x's ``tools/test.py``, plus ``--fuse-conv-bn`` (fold BN into convs
+before testing, :func:`mmseg_ext.fuse_conv_bn`) and a check of the data root and checkpoint before the
+runner starts.
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
+    bash tools/dist_test.sh CONFIG CHECKPOINT 2
+"""
+import argparse
+import numbers
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+
+import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg_ext.launch import load_run_config
+from mmseg_ext.preflight import PreflightError, check_datasets
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='directory for logs and the evaluation results (json)')
+    parser.add_argument('--out', help='directory to save the predicted label maps for offline evaluation')
+    parser.add_argument('--show', action='store_true', help='show prediction results in a window')
+    parser.add_argument('--show-dir', help='directory for painted prediction overlays of every test image '
+                        '(mmseg\'s visualizer); a relative path is taken inside the work dir')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of --show (s)')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold BatchNorm into the preceding convolutions before testing (faster, same maths)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings in the config, e.g. test_dataloader.dataset.data_root=data/cityscapes')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
+    parser.add_argument('--no-preflight', action='store_true', help='skip checking the data root and files')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+class FuseConvBNHook(Hook):
+    """Folds BN into convolutions once the checkpoint is loaded, right before testing starts."""
+
+    priority = 'VERY_HIGH'
+
+    def before_test(self, runner) -> None:
+        from mmseg_ext.folding import fuse_conv_bn
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        fuse_conv_bn(model)
+
+
+def overlay_root(cfg: Config, args: argparse.Namespace) -> str:
+    """Where the visualizer writes: ``--show-dir``, relative paths taken inside the work dir."""
+    return args.show_dir if osp.isabs(args.show_dir) else osp.join(cfg.work_dir, args.show_dir)
+
+
+def print_summary(metrics: dict, cfg: Config, args: argparse.Namespace) -> None:
+    """The headline numbers and where the outputs went, after mmseg's per-class table in the log."""
+    if get_rank() != 0:
+        return
+    headline = '  '.join(f'{key}: {value:.2f}' for key, value in metrics.items() if isinstance(value, numbers.Real))
+    print(f'[test] {headline}')
+    if args.show_dir:
+        print(f"[test] prediction overlays: {osp.join(overlay_root(cfg, args), 'vis_data', 'vis_image')}")
+    if args.out:
+        print(f'[test] predicted label maps: {args.out}')
+
+
+def enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise PreflightError("--show/--show-dir need default_hooks.visualization=dict(type='SegVisualizationHook')"
+                             ' in the config')
+    hooks.visualization.draw = True
+    hooks.visualization.interval = 1  # mmseg's default (50) would skip most images
+    if args.show:
+        hooks.visualization.show = True
+        hooks.visualization.wait_time = args.wait_time
+    if args.show_dir:
+        cfg.visualizer.save_dir = overlay_root(cfg, args)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The config with the command line applied, as mmseg's test tool builds it."""
+    cfg = load_run_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    if not osp.isfile(args.checkpoint):
+        raise PreflightError(f'checkpoint not found: {args.checkpoint}')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise PreflightError('--tta needs tta_model and tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.out is not None:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        if not args.no_preflight:
+            check_datasets(cfg, phases=('test', ))
+    except PreflightError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    runner = Runner.from_cfg(cfg)
+    if args.fuse_conv_bn:
+        runner.register_hook(FuseConvBNHook())
+    metrics = runner.test()
+    print_summary(metrics, cfg, args)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

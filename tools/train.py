@@ -1,0 +1,92 @@
+"""Train a segmentor with mmengine's runner, for mmseg's configs and this plugin's alike.
+
+Flags and flow follow mmseg 1.x's ``tools/train.py``; in addition ``--resume`` takes an optional path,
+the data roots and files are checked before the runner starts, and checkpoints load safely on
+torch >= 2.6 (see :mod:`mmseg_ext.checkpoint`).
+
+Examples::
+
+    python tools/train.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py
+    python tools/train.py CONFIG --resume                      # latest checkpoint in the work dir
+    python tools/train.py CONFIG --resume work_dirs/x/iter_800.pth
+    bash tools/dist_train.sh CONFIG 2                          # two processes via torchrun
+"""
+import argparse
+import logging
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg_ext.launch import load_run_config
+from mmseg_ext.preflight import PreflightError, check_datasets
+from mmseg.registry import RUNNERS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume', nargs='?', const='auto', default=None, metavar='PATH',
+        help='resume training: from PATH if given, otherwise from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true', help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings in the config, e.g. train_cfg.max_iters=100 model.decode_head.num_classes=19')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    parser.add_argument('--no-preflight', action='store_true',
+                        help='skip checking the data roots and files before training')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The config with the command line applied, as mmseg's train tool builds it."""
+    cfg = load_run_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    if args.amp:
+        wrapper = cfg.optim_wrapper.type
+        if wrapper == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in your config.', logger='current', level=logging.WARNING)
+        elif wrapper != 'OptimWrapper':
+            raise PreflightError(f'--amp needs optim_wrapper.type OptimWrapper, but the config has {wrapper!r}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise PreflightError(f'--resume checkpoint not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        if not args.no_preflight:
+            check_datasets(cfg, phases=('train', 'val'))
+    except PreflightError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
