@@ -1,4 +1,5 @@
-"""Config set-up shared by ``tools/train.py`` and ``tools/test.py`` (mmseg's order of precedence)."""
+"""Config and process-group set-up shared by ``tools/train.py`` and ``tools/test.py``."""
+import datetime
 import logging
 import os.path as osp
 from typing import Optional
@@ -9,15 +10,15 @@ from mmengine.logging import print_log
 
 from .preflight import check_config_path
 
-__all__ = ['load_run_config']
+__all__ = ['load_run_config', 'init_distributed_without_cuda']
 
 
 def load_run_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
                     work_dir: Optional[str] = None) -> Config:
-    """Read ``config`` and apply the command line as mmseg's tools do.
+    """Read ``config`` and apply the command line in mmseg's order of precedence.
 
     The work dir is the CLI's, else the config's, else ``work_dirs/<config name>``. Distributed runs on a
-    machine without CUDA use the gloo backend instead of mmseg's default NCCL, which needs GPUs.
+    machine without CUDA are adapted by :func:`_adapt_distributed_to_cpu`.
     """
     cfg = Config.fromfile(check_config_path(config))
     cfg.launcher = launcher
@@ -27,9 +28,34 @@ def load_run_config(config: str, launcher: str = 'none', cfg_options: Optional[d
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
-    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
-    if launcher != 'none' and dist_cfg.get('backend') == 'nccl' and not torch.cuda.is_available():
+    if launcher != 'none' and not torch.cuda.is_available():
+        _adapt_distributed_to_cpu(cfg)
+    return cfg
+
+
+def _adapt_distributed_to_cpu(cfg: Config) -> None:
+    """gloo instead of mmseg's default NCCL (GPU only), and DDP without device ids (CPU modules)."""
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
         print_log('CUDA is not available: using the gloo backend instead of nccl', logger='current',
                   level=logging.WARNING)
-        cfg.env_cfg.dist_cfg.backend = 'gloo'
-    return cfg
+        dist_cfg['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                                                   find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def init_distributed_without_cuda(cfg: Config) -> None:
+    """Start the process group for ``--launcher pytorch`` on a machine without CUDA.
+
+    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally, which fails on a
+    CPU build of torch. The runner skips its own initialisation when a process group exists, so
+    starting it here (from torchrun's environment variables) is enough. No-op in every other case.
+    """
+    if cfg.get('launcher') != 'pytorch' or torch.cuda.is_available() or torch.distributed.is_initialized():
+        return
+    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
+    timeout = dist_cfg.get('timeout')
+    kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
+    torch.distributed.init_process_group(backend=dist_cfg.get('backend', 'gloo'), **kwargs)

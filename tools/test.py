@@ -23,7 +23,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.launch import load_run_config
+from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 
 
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     except PreflightError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    init_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg)
     if args.fuse_conv_bn:
         runner.register_hook(FuseConvBNHook())

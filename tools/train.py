@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.launch import load_run_config
+from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 from mmseg.registry import RUNNERS
 
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     except PreflightError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    init_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     return 0
