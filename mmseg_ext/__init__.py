@@ -5,8 +5,9 @@ Importing the package makes mmengine's checkpoint loading safe on torch >= 2.6
 :mod:`mmseg_ext.registry` and :mod:`mmseg_ext.models` through mmengine's registry.
 """
 from . import checkpoint
+from .folding import fuse_conv_bn
 from .version import __version__
 
 checkpoint.install()
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'fuse_conv_bn']
