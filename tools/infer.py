@@ -1,0 +1,189 @@
+"""Segment images, folders or videos with a trained model through mmseg's ``MMSegInferencer``.
+
+For every input image ``NAME.ext`` it writes, into ``--out-dir``:
+
+* ``NAME_labels.png``: the raw predicted train ids (uint8, one channel),
+* ``NAME_color.png``: the colour mask in the dataset's palette,
+* ``NAME_overlay.png``: the colour mask blended over the image (``--opacity``).
+
+A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_labels/000000.png`` ...
+Inputs are checked before any work starts; an unreadable file stops the run with its name.
+
+Example::
+
+    python tools/infer.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_1000.pth \\
+        data/demo_cityscapes/leftImg8bit/val --out-dir predictions
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+from typing import Iterator, List, Tuple
+
+import cv2
+import numpy as np
+from rich.progress import Progress
+
+import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg.apis import MMSegInferencer
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
+
+
+class InputError(ValueError):
+    """An input that does not exist or cannot be decoded."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Segment images, folders or videos')
+    parser.add_argument('config', help='model config file (or mmseg::... name)')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('inputs', nargs='+', help='image files, folders of images, or video files')
+    parser.add_argument('--out-dir', required=True, help='directory for the outputs')
+    parser.add_argument('--device', default='cpu', help="device to run on, e.g. 'cpu' or 'cuda:0'")
+    parser.add_argument('--opacity', type=float, default=0.5, help='weight of the colour mask in overlays')
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.opacity <= 1.0:
+        parser.error(f'--opacity must be within [0, 1], got {args.opacity}')
+    return args
+
+
+def collect_inputs(paths: List[str]) -> List[Tuple[str, str]]:
+    """``(kind, path)`` pairs, kind ``'image'`` or ``'video'``, folders expanded (sorted, recursive)."""
+    found = []
+    for path in paths:
+        if osp.isdir(path):
+            images = sorted(osp.join(root, name) for root, _, names in os.walk(path) for name in names
+                            if name.lower().endswith(IMAGE_SUFFIXES))
+            if not images:
+                raise InputError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in folder {path}')
+            found += [('image', image) for image in images]
+        elif not osp.isfile(path):
+            raise InputError(f'input not found: {path}')
+        elif path.lower().endswith(IMAGE_SUFFIXES):
+            found.append(('image', path))
+        elif path.lower().endswith(VIDEO_SUFFIXES):
+            found.append(('video', path))
+        else:
+            raise InputError(f'unsupported input type: {path} (images: {", ".join(IMAGE_SUFFIXES)}; '
+                             f'videos: {", ".join(VIDEO_SUFFIXES)})')
+    return found
+
+
+def read_image(path: str) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f'cannot decode image: {path}')
+    return image
+
+
+def video_frames(path: str) -> Iterator[np.ndarray]:
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise InputError(f'cannot open video: {path}')
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+class Segmenter:
+    """Runs the inferencer on BGR arrays and renders the three outputs."""
+
+    def __init__(self, inferencer: MMSegInferencer, opacity: float):
+        self.inferencer = inferencer
+        self.opacity = opacity
+        palette = inferencer.model.dataset_meta.get('palette') if inferencer.model.dataset_meta else None
+        if palette is None:
+            palette = inferencer.visualizer.dataset_meta['palette']
+        self.palette = np.zeros((256, 3), np.uint8)
+        self.palette[:len(palette)] = np.asarray(palette, np.uint8)
+
+    def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels, colour BGR, overlay BGR)`` for one BGR image."""
+        prediction = self.inferencer(bgr, return_datasamples=True)
+        labels = prediction.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
+        color_bgr = self.palette[labels][:, :, ::-1]
+        overlay = (bgr.astype(np.float32) * (1 - self.opacity) + color_bgr.astype(np.float32) * self.opacity)
+        return labels, np.ascontiguousarray(color_bgr), overlay.round().astype(np.uint8)
+
+
+def write_png(path: str, array: np.ndarray) -> None:
+    if not cv2.imwrite(path, array):
+        raise OSError(f'could not write {path}')
+
+
+def process_video(segment: Segmenter, path: str, out_dir: str, progress: Progress) -> int:
+    stem = osp.splitext(osp.basename(path))[0]
+    capture = cv2.VideoCapture(path)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    capture.release()
+    label_dir = osp.join(out_dir, f'{stem}_labels')
+    os.makedirs(label_dir, exist_ok=True)
+    writers = {}
+    task = progress.add_task(f'{stem} (video)', total=total)
+    count = 0
+    try:
+        for count, frame in enumerate(video_frames(path), 1):
+            labels, color, overlay = segment(frame)
+            if not writers:
+                size = (frame.shape[1], frame.shape[0])
+                fourcc = cv2.VideoWriter_fourcc(*'mp4v')
+                writers = {name: cv2.VideoWriter(osp.join(out_dir, f'{stem}_{name}.mp4'), fourcc, fps, size)
+                           for name in ('overlay', 'color')}
+            writers['overlay'].write(overlay)
+            writers['color'].write(color)
+            write_png(osp.join(label_dir, f'{count - 1:06d}.png'), labels)
+            progress.advance(task)
+    finally:
+        for writer in writers.values():
+            writer.release()
+    if count == 0:
+        raise InputError(f'no frames could be read from video: {path}')
+    return count
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        inputs = collect_inputs(args.inputs)
+        for kind, path in inputs:
+            if kind == 'video' and not cv2.VideoCapture(path).isOpened():
+                raise InputError(f'cannot open video: {path}')
+    except InputError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    if not osp.isfile(args.checkpoint):
+        print(f'error: checkpoint not found: {args.checkpoint}', file=sys.stderr)
+        return 2
+    os.makedirs(args.out_dir, exist_ok=True)
+    segment = Segmenter(MMSegInferencer(model=args.config, weights=args.checkpoint, device=args.device),
+                        args.opacity)
+    images = [path for kind, path in inputs if kind == 'image']
+    try:
+        with Progress() as progress:
+            task = progress.add_task('images', total=len(images))
+            for path in images:
+                stem = osp.splitext(osp.basename(path))[0]
+                labels, color, overlay = segment(read_image(path))
+                write_png(osp.join(args.out_dir, f'{stem}_labels.png'), labels)
+                write_png(osp.join(args.out_dir, f'{stem}_color.png'), color)
+                write_png(osp.join(args.out_dir, f'{stem}_overlay.png'), overlay)
+                progress.advance(task)
+            frames = sum(process_video(segment, path, args.out_dir, progress)
+                         for kind, path in inputs if kind == 'video')
+    except InputError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(f'[infer] {len(images)} images and {frames} video frames segmented; outputs in {args.out_dir}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
