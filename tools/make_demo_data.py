@@ -4,6 +4,7 @@ The layout is the one mmseg's ``CityscapesDataset`` reads unchanged::
 
     ROOT/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     ROOT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png
+    ROOT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png   (for the official evaluator)
 
 Labels use the 19 Cityscapes train ids (road 0, sidewalk 1, building 2, pole 5, traffic sign 7,
 vegetation 8, sky 10, person 11, car 13 are drawn) and 255 for the ignored ego-vehicle hood. Every
@@ -25,6 +26,9 @@ import numpy as np
 ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR = 0, 1, 2, 5, 7, 8, 10, 11, 13
 IGNORE = 255
 DRAWN_TRAIN_IDS = (ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR)
+# Cityscapes train id -> label id (cityscapesscripts' labels table); 255 -> 0 ('unlabeled').
+TRAIN_ID_TO_LABEL_ID = np.zeros(256, np.uint8)
+TRAIN_ID_TO_LABEL_ID[:19] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITIES = {'train': ('aachen', 'bochum', 'cologne'), 'val': ('frankfurt', 'lindau')}
 
 Color = Tuple[int, int, int]
@@ -215,7 +219,8 @@ def write_split(root: Path, split: str, count: int, seed: int, height: int, widt
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
         for path, array in ((image_dir / f'{stem}_leftImg8bit.png', image),
-                            (label_dir / f'{stem}_gtFine_labelTrainIds.png', label)):
+                            (label_dir / f'{stem}_gtFine_labelTrainIds.png', label),
+                            (label_dir / f'{stem}_gtFine_labelIds.png', TRAIN_ID_TO_LABEL_ID[label])):
             if not cv2.imwrite(str(path), array):
                 raise OSError(f'could not write {path}')
 

@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory for painted prediction overlays of every test image '
                         '(mmseg\'s visualizer); a relative path is taken inside the work dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of --show (s)')
+    parser.add_argument('--cityscapes-format', metavar='DIR',
+                        help='only write predictions as Cityscapes labelId PNGs (for the test server) into DIR, '
+                        'through mmseg\'s CityscapesMetric with format_only; no scores')
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold BatchNorm into the preceding convolutions before testing (faster, same maths)')
     parser.add_argument(
@@ -79,6 +82,8 @@ def print_summary(metrics: dict, cfg: Config, args: argparse.Namespace) -> None:
         print(f"[test] prediction overlays: {osp.join(overlay_root(cfg, args), 'vis_data', 'vis_image')}")
     if args.out:
         print(f'[test] predicted label maps: {args.out}')
+    if args.cityscapes_format:
+        print(f'[test] Cityscapes labelId PNGs for the test server: {args.cityscapes_format}')
 
 
 def enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
@@ -109,6 +114,11 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
+    if args.cityscapes_format:
+        if args.out:
+            raise PreflightError('--out and --cityscapes-format both set the evaluator\'s output; give one')
+        cfg.test_evaluator = dict(type='CityscapesMetric', format_only=True, keep_results=True,
+                                  output_dir=args.cityscapes_format)
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
