@@ -56,10 +56,8 @@ def explain_unknown_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
              'Known layouts:']
     for converter in registered_converters().values():
         lines.append(f'  {converter.name}: {converter.description}')
-        explain = getattr(converter, 'mismatches', None)
-        if callable(explain):
-            for problem in explain(state_dict):
-                lines.append(f'      {problem}')
+        for problem in converter.mismatches(state_dict):
+            lines.append(f'      {problem}')
     return '\n'.join(lines)
 
 

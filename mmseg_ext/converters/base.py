@@ -38,6 +38,11 @@ class CheckpointConverter(ABC):
     def matches(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
         """Whether ``state_dict`` (prefixes such as ``module.`` already stripped) is in this layout."""
 
+    def mismatches(self, state_dict: Mapping[str, torch.Tensor]) -> List[str]:
+        """Why ``state_dict`` is not in this layout (missing or unexpected keys, wrong shapes), one line
+        each; shown when no layout matches. The default says nothing."""
+        return []
+
     @abstractmethod
     def convert(self, state_dict: Mapping[str, torch.Tensor]) -> ConversionResult:
         """Map ``state_dict`` onto the plugin's model. Raise ``ValueError`` naming the offending keys."""
