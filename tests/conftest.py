@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import List
 
 import pytest
+import torch
+
+# Tests also start tool subprocesses; two OpenMP threads per process on two shared cores stall on
+# descheduled threads (a small forward went from 0.06 s to 6 s), so every test process uses one.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
