@@ -21,11 +21,16 @@ DEMO_DATA ?= data/demo_cityscapes
 DEMO_WORK_DIR ?= work_dirs/demo_$(MODEL)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo demo-data test clean
+BENCH_DIR ?= work_dirs/bench
+BENCH_ARGS ?= --repeats 5 --warmup 1
+BENCH_OUT ?= docs/benchmark_cpu.md
+
+.PHONY: help install demo demo-data test bench clean
 
 help:
 	@echo "make demo [MODEL=erfnet|segformer-b0|ocrnet-hr18s]  install, make demo data, train, evaluate"
 	@echo "make test                                           install, then run the test suite"
+	@echo "make bench                                          plugin vs mmseg speed table ($(BENCH_OUT))"
 	@echo "make install                                        only install (.venv or the active venv)"
 
 install: $(STAMP)
@@ -55,6 +60,16 @@ demo: demo-data
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ERFNet and OCRNet-HR18 on their fastest eager path (folded, channels_last), SegFormer as configured;
+# each against mmseg's own implementation with the same weights, alternating in one process.
+bench: install
+	@mkdir -p "$(BENCH_DIR)"
+	$(PY) tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
+	$(PY) tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/ocrnet_hr18.json"
+	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
+	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b2.json"
+	$(PY) tools/benchmark_table.py "$(BENCH_DIR)/erfnet.json" "$(BENCH_DIR)/ocrnet_hr18.json" "$(BENCH_DIR)/segformer_b0.json" "$(BENCH_DIR)/segformer_b2.json" --out "$(BENCH_OUT)"
 
 clean:
 	rm -rf work_dirs "$(DEMO_DATA)" build *.egg-info

@@ -61,6 +61,11 @@ def test_cli_compares_with_mmseg_and_writes_json(tmp_path):
     assert result['comparison']['max_abs_diff'] < 1e-3
     assert result['comparison']['speedup'] == pytest.approx(theirs['median_s'] / ours['median_s'])
 
+    table = run_tool(['benchmark_table.py', out, '--out', tmp_path / 'table.md'], cwd=tmp_path).stdout
+    expected = f"**{result['comparison']['speedup']:.2f}x**"
+    assert '| erfnet_fcn_4xb4-160k_cityscapes-512x1024 | 64x128 whole | 2.1 |' in table and expected in table
+    assert (tmp_path / 'table.md').read_text().strip() == table.strip()
+
 
 @pytest.mark.slow
 def test_cli_slide_mode_counts_windows(tmp_path):
