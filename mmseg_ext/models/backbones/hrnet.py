@@ -1,0 +1,92 @@
+"""mmseg's HRNet with the authors' fuse-layer upsampling available.
+
+mmseg's ``HRModule`` upsamples a lower-resolution branch in the fuse layers with
+``Upsample(scale_factor=2**k, align_corners=False)`` and then resizes the result to the target size
+once more (a no-op when the sizes already agree). The authors' HRNet (HRNet-Semantic-Segmentation,
+every branch including HRNet-OCR) resizes straight to the target size with
+``align_corners=ALIGN_CORNERS``, which is ``True`` for all their released models. Features, and
+hence logits of converted checkpoints, differ by far more than 1e-4 between the two.
+
+:class:`HRNet` here is mmseg's ``HRNet`` (same constructor, modules and state-dict keys) with one
+more argument, ``align_corners``:
+
+* ``False`` (default): mmseg's numerics exactly; the second resize is skipped when it is a no-op;
+* ``True``: the authors' numerics (one bilinear resize to the target size, corners aligned).
+"""
+from typing import List, Sequence
+
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.models.backbones.hrnet import HRModule
+from mmseg.models.backbones.hrnet import HRNet as MMSegHRNet
+from mmseg.models.utils import Upsample
+from torch import Tensor
+
+from mmseg_ext.registry import MODELS
+
+__all__ = ['HRNet', 'PluginHRModule']
+
+
+class PluginHRModule(HRModule):
+    """``HRModule`` whose fuse-layer upsampling follows ``align_corners``.
+
+    Instances are mmseg ``HRModule`` objects whose class :class:`HRNet` switches to this one after
+    building them, so their submodules and state-dict keys are mmseg's.
+    """
+
+    align_corners: bool = False
+
+    def _upsampled(self, lateral: nn.Sequential, feature: Tensor, size: Sequence[int]) -> Tensor:
+        """Run a ``j > i`` fuse path (1x1 conv, BN, upsample) and bring it to ``size``."""
+        for layer in lateral:
+            if isinstance(layer, Upsample) and self.align_corners:
+                continue  # replaced by the single resize below, as in the authors' code
+            feature = layer(feature)
+        if tuple(feature.shape[2:]) != tuple(size):
+            feature = F.interpolate(feature, size=tuple(size), mode='bilinear',
+                                    align_corners=self.align_corners)
+        return feature
+
+    def forward(self, x: List[Tensor]) -> List[Tensor]:
+        """Run the branches, then fuse every output branch from all input branches."""
+        if self.num_branches == 1:
+            return [self.branches[0](x[0])]
+        features = [branch(feature) for branch, feature in zip(self.branches, x)]
+        fused = []
+        for i, fuse_layer in enumerate(self.fuse_layers):
+            size = features[i].shape[2:]
+            total = None
+            for j, feature in enumerate(features):
+                if j == i:
+                    term = feature
+                elif j > i:
+                    term = self._upsampled(fuse_layer[j], feature, size)
+                else:
+                    term = fuse_layer[j](feature)
+                total = term if total is None else total + term
+            fused.append(self.relu(total))
+        return fused
+
+
+@MODELS.register_module()
+class HRNet(MMSegHRNet):
+    """mmseg's HRNet plus ``align_corners`` for the fuse-layer upsampling.
+
+    Args:
+        extra: Stage settings, as for mmseg's ``HRNet``.
+        align_corners: ``True`` reproduces the authors' HRNet (their ``MODEL.ALIGN_CORNERS``);
+            ``False`` reproduces mmseg's.
+        **kwargs: Other mmseg ``HRNet`` arguments.
+    """
+
+    def __init__(self, extra: dict, align_corners: bool = False, **kwargs) -> None:
+        super().__init__(extra, **kwargs)
+        if not isinstance(align_corners, bool):
+            raise ValueError(f'align_corners must be True or False, got {align_corners!r}')
+        self.align_corners = align_corners
+        for stage in (self.stage2, self.stage3, self.stage4):
+            for module in stage:
+                if type(module) is not HRModule:
+                    raise TypeError(f'expected mmseg HRModule stages, found {type(module).__name__}')
+                module.__class__ = PluginHRModule
+                module.align_corners = align_corners

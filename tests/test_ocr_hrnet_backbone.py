@@ -1,0 +1,47 @@
+"""mmseg_ext.HRNet: mmseg's HRNet (same keys) with the authors' align_corners fuse upsampling available."""
+import pytest
+import torch
+from hrnet_ocr_reference import randomise
+from mmseg.models.backbones import HRNet as MMSegHRNet
+
+from mmseg_ext.models.backbones.hrnet import HRNet, PluginHRModule
+
+EXTRA = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(8, )),
+    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=(4, 8)),
+    stage3=dict(num_modules=2, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=(4, 8, 16)),
+    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1),
+                num_channels=(4, 8, 16, 32)))
+
+
+@pytest.mark.parametrize('size', [(64, 128), (72, 100), (50, 70)])
+def test_default_is_mmseg_hrnet_exactly(size):
+    reference = randomise(MMSegHRNet(EXTRA))
+    backbone = HRNet(EXTRA)
+    assert list(backbone.state_dict()) == list(reference.state_dict())
+    backbone.load_state_dict(reference.state_dict(), strict=True)
+    backbone.eval()
+    assert all(type(module) is PluginHRModule for module in backbone.stage3)
+    image = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = reference(image), backbone(image)
+    assert len(actual) == 4
+    for ours, theirs in zip(actual, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_align_corners_changes_the_fuse_upsampling():
+    reference = randomise(MMSegHRNet(EXTRA))
+    backbone = HRNet(EXTRA, align_corners=True)
+    backbone.load_state_dict(reference.state_dict(), strict=True)
+    backbone.eval()
+    assert all(module.align_corners for module in backbone.stage4)
+    image = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        difference = (backbone(image)[0] - reference(image)[0]).abs().max()
+    assert difference > 1e-2
+
+
+def test_bad_align_corners_is_refused():
+    with pytest.raises(ValueError, match="align_corners must be True or False, got 'yes'"):
+        HRNet(EXTRA, align_corners='yes')
