@@ -1,0 +1,45 @@
+# `make demo MODEL=segformer-b0`: the plugin's MiT-B0 encoder and SegFormer decoder (mmseg's form), trained
+# from random initialisation (no ImageNet weights offline) on the procedurally drawn demo scenes at 256x512.
+# mmseg's SegFormer recipe (AdamW, no weight decay on norms, decoder lr x10, linear warm-up then poly) with a
+# larger learning rate and a schedule of a few minutes on CPU. Data, evaluator and runtime: ./demo_dataset.py.
+_base_ = ['./demo_dataset.py']
+
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size={{_base_.crop_size}})
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    backbone=dict(type='mmseg_ext.MixVisionTransformer', arch='b0', drop_path_rate=0.1),
+    decode_head=dict(
+        type='mmseg_ext.SegformerHead',
+        in_channels=[32, 64, 160, 256],
+        in_index=[0, 1, 2, 3],
+        channels=256,
+        dropout_ratio=0.1,
+        num_classes=19,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+
+max_iters = 800
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=6e-4, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={
+        'norm': dict(decay_mult=0.),
+        'head': dict(lr_mult=10.)
+    }))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=50, end=max_iters, by_epoch=False)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=200)

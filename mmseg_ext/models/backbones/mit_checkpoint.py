@@ -1,0 +1,324 @@
+"""Published key layouts of the SegFormer encoder (MiT) and their mapping onto mmseg's layout.
+
+mmseg's layout (``layers.{stage}.{0: patch embed, 1: blocks, 2: norm}``) is this plugin's layout too.
+Two other layouts are published:
+
+* ``nvlabs``: the official NVlabs code (ImageNet ``mit_b*.pth`` files, and the ``backbone.`` part of its
+  segmentation checkpoints): ``patch_embed{s}``, ``block{s}.{j}.attn.q/kv/proj``, ``mlp.fc1/dwconv/fc2``
+  (Linear layers), ``norm{s}``.
+* ``huggingface``: ``transformers``' ``SegformerModel`` (``encoder.*``) and, under ``segformer.``,
+  ``SegformerForImageClassification`` / ``SegformerForSemanticSegmentation``: ``patch_embeddings.{i}``,
+  ``block.{i}.{j}.attention.self.query/key/value``, ``mlp.dense1/dwconv/dense2``, ``layer_norm.{i}``.
+
+Both map to mmseg's layout by renaming, stacking q, k and v into ``in_proj_weight``/``in_proj_bias``
+(mmseg keeps ``nn.MultiheadAttention``'s layout) and reshaping Linear weights into 1x1 conv weights.
+The same functions serve the backbone's pretrained loading and ``tools/convert_checkpoint.py``.
+"""
+import os.path as osp
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'hf_to_mmseg_encoder',
+           'extract_mit_encoder', 'describe_key_mismatch', 'load_mit_pretrained']
+
+StateDict = Dict[str, Tensor]
+
+
+def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequence[str],
+               out: StateDict, unused: List[str], names: Dict[Tuple[int, int, str, str], str]) -> None:
+    """Concatenate the q/k/v (or q/kv) pieces of every block into mmseg's ``in_proj_*`` tensors.
+
+    A block whose pieces are incomplete is not converted; its pieces are reported as unused.
+    """
+    for (stage, block, param), pieces in parts.items():
+        if all(name in pieces for name in order):
+            out[f'layers.{stage}.1.{block}.attn.attn.in_proj_{param}'] = torch.cat(
+                [pieces[name] for name in order], dim=0)
+        else:
+            unused.extend(names[(stage, block, param, name)] for name in pieces)
+
+
+def _linear_to_conv1x1(weight: Tensor) -> Tensor:
+    return weight.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else weight
+
+
+# (pattern, replacement, value transform); stage indices in NVlabs keys start at 1.
+_NVLABS_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]]] = [
+    (r'patch_embed(\d+)\.proj\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.0.projection.{m[2]}', lambda t: t),
+    (r'patch_embed(\d+)\.norm\.(weight|bias)', lambda m: f'layers.{int(m[1]) - 1}.0.norm.{m[2]}', lambda t: t),
+    (r'block(\d+)\.(\d+)\.(norm1|norm2)\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.{m[3]}.{m[4]}', lambda t: t),
+    (r'block(\d+)\.(\d+)\.attn\.proj\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.attn.attn.out_proj.{m[3]}', lambda t: t),
+    (r'block(\d+)\.(\d+)\.attn\.(sr|norm)\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.attn.{m[3]}.{m[4]}', lambda t: t),
+    (r'block(\d+)\.(\d+)\.mlp\.fc1\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.0.{m[3]}', _linear_to_conv1x1),
+    (r'block(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
+    (r'block(\d+)\.(\d+)\.mlp\.fc2\.(weight|bias)',
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.4.{m[3]}', _linear_to_conv1x1),
+    (r'norm(\d+)\.(weight|bias)', lambda m: f'layers.{int(m[1]) - 1}.2.{m[2]}', lambda t: t),
+]
+_NVLABS_QKV = re.compile(r'block(\d+)\.(\d+)\.attn\.(q|kv)\.(weight|bias)')
+
+_HF_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]]] = [
+    (r'encoder\.patch_embeddings\.(\d+)\.proj\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.0.projection.{m[2]}', lambda t: t),
+    (r'encoder\.patch_embeddings\.(\d+)\.layer_norm\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.0.norm.{m[2]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.layer_norm_(1|2)\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.norm{m[3]}.{m[4]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.output\.dense\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.attn.out_proj.{m[3]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.sr\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.sr.{m[3]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.layer_norm\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.norm.{m[3]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense1\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.0.{m[3]}', _linear_to_conv1x1),
+    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
+    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense2\.(weight|bias)',
+     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.4.{m[3]}', _linear_to_conv1x1),
+    (r'encoder\.layer_norm\.(\d+)\.(weight|bias)', lambda m: f'layers.{m[1]}.2.{m[2]}', lambda t: t),
+]
+_HF_QKV = re.compile(r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)')
+
+
+def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, qkv_order: Sequence[str],
+             stage_offset: int) -> Tuple[StateDict, List[str]]:
+    compiled = [(re.compile(pattern), rename, transform) for pattern, rename, transform in rules]
+    out: StateDict = {}
+    unused: List[str] = []
+    qkv_parts: Dict[Tuple[int, int, str], Dict[str, Tensor]] = defaultdict(dict)
+    qkv_names: Dict[Tuple[int, int, str, str], str] = {}
+    for key, value in state_dict.items():
+        match = qkv_pattern.fullmatch(key)
+        if match:
+            stage, block, piece, param = int(match[1]) - stage_offset, int(match[2]), match[3], match[4]
+            qkv_parts[(stage, block, param)][piece] = value
+            qkv_names[(stage, block, param, piece)] = key
+            continue
+        for pattern, rename, transform in compiled:
+            match = pattern.fullmatch(key)
+            if match:
+                out[rename(match)] = transform(value)
+                break
+        else:
+            unused.append(key)
+    _stack_qkv(qkv_parts, qkv_order, out, unused, qkv_names)
+    return out, unused
+
+
+def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
+    """Map an NVlabs MiT state dict (no ``backbone.`` prefix) onto mmseg's keys.
+
+    Returns:
+        The converted tensors and the keys that are not part of the NVlabs encoder layout.
+    """
+    return _convert(state_dict, _NVLABS_RULES, _NVLABS_QKV, ('q', 'kv'), stage_offset=1)
+
+
+def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
+    """Map a Hugging Face ``SegformerModel`` state dict (``encoder.*`` keys) onto mmseg's keys.
+
+    Returns:
+        The converted tensors and the keys that are not part of the Hugging Face encoder layout.
+    """
+    return _convert(state_dict, _HF_RULES, _HF_QKV, ('query', 'key', 'value'), stage_offset=0)
+
+
+def _mmseg_identity(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
+    encoder = {key: value for key, value in state_dict.items() if re.match(r'layers\.\d+\.', key)}
+    return encoder, [key for key in state_dict if key not in encoder]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    description: str
+    signature: str  # a key every checkpoint of this layout has (relative to the encoder)
+    prefixes: Tuple[str, ...]  # where the encoder sits in the published files ('' = top level)
+    to_mmseg: Callable[[Mapping[str, Tensor]], Tuple[StateDict, List[str]]]
+    head_prefixes: Tuple[str, ...]  # top-level keys of non-encoder parts that are dropped silently
+
+
+ENCODER_LAYOUTS: Dict[str, _Layout] = {
+    'mmseg': _Layout('mmseg 1.x MixVisionTransformer (converted mit_b*.pth, or backbone.* of a segmentor)',
+                     'layers.0.0.projection.weight', ('', 'backbone.'), _mmseg_identity,
+                     ('decode_head.', 'auxiliary_head.', 'data_preprocessor.')),
+    'nvlabs': _Layout('official NVlabs SegFormer MiT (ImageNet mit_b*.pth, or backbone.* of a segmentation '
+                      'checkpoint)', 'patch_embed1.proj.weight', ('', 'backbone.'), nvlabs_to_mmseg_encoder,
+                      ('head.', 'decode_head.', 'auxiliary_head.')),
+    'huggingface': _Layout('Hugging Face SegformerModel / SegformerForImageClassification / '
+                           'SegformerForSemanticSegmentation', 'encoder.patch_embeddings.0.proj.weight',
+                           ('', 'segformer.'), hf_to_mmseg_encoder, ('classifier.', 'decode_head.')),
+}
+
+
+@dataclass
+class EncoderExtraction:
+    """The encoder found in a checkpoint, in mmseg's layout.
+
+    Attributes:
+        layout: Name of the source layout (a key of :data:`ENCODER_LAYOUTS`).
+        prefix: Where the encoder sat in the checkpoint (``''``, ``'backbone.'`` or ``'segformer.'``).
+        state_dict: The encoder's tensors under mmseg's keys.
+        dropped: Keys of recognised non-encoder parts (classifier or decode heads), not converted.
+        unused: Keys under the encoder's prefix that the layout does not know (reported as extra).
+    """
+    layout: str
+    prefix: str
+    state_dict: StateDict
+    dropped: List[str] = field(default_factory=list)
+    unused: List[str] = field(default_factory=list)
+
+
+def _extract_with(state_dict: Mapping[str, Tensor], name: str, prefix: str) -> EncoderExtraction:
+    layout = ENCODER_LAYOUTS[name]
+    inner: StateDict = {}
+    dropped: List[str] = []
+    outside: List[str] = []
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            if rest.startswith(layout.head_prefixes):
+                dropped.append(key)
+            else:
+                inner[rest] = value
+        elif key.startswith(layout.head_prefixes):
+            dropped.append(key)
+        else:
+            outside.append(key)
+    converted, unused = layout.to_mmseg(inner)
+    return EncoderExtraction(name, prefix, converted, dropped, [prefix + key for key in unused] + outside)
+
+
+def extract_mit_encoder(state_dict: Mapping[str, Tensor],
+                        expected_keys: Optional[Sequence[str]] = None) -> EncoderExtraction:
+    """Find the MiT encoder in ``state_dict`` (any published layout) and map it onto mmseg's keys.
+
+    Args:
+        state_dict: A raw state dict (already unwrapped from ``state_dict``/``model`` entries).
+        expected_keys: The target model's keys; only used to explain a failure.
+
+    Raises:
+        ValueError: if ``state_dict`` is in none of the layouts. The message names, for the layout the
+            file comes closest to, the keys it lacks and the keys it has in excess.
+    """
+    for name, layout in ENCODER_LAYOUTS.items():
+        for prefix in layout.prefixes:
+            if prefix + layout.signature in state_dict:
+                return _extract_with(state_dict, name, prefix)
+    # No signature key: explain against the layout the file comes closest to.
+    candidates = []
+    for name, layout in ENCODER_LAYOUTS.items():
+        for prefix in layout.prefixes:
+            extraction = _extract_with(state_dict, name, prefix)
+            candidates.append((len(extraction.state_dict), name, prefix, extraction))
+    _, name, prefix, extraction = max(candidates, key=lambda item: item[0])
+    known = '; '.join(f'{key}: {layout.description}' for key, layout in ENCODER_LAYOUTS.items())
+    detail = ''
+    if expected_keys is not None:
+        detail = ' ' + describe_key_mismatch(extraction.state_dict, expected_keys, extraction.unused)
+    raise ValueError(f'the checkpoint holds no MiT encoder in a known layout (known: {known}). '
+                     f'It comes closest to the {name} layout{f" under {prefix!r}" if prefix else ""}.'
+                     f'{detail}')
+
+
+def _sample(keys: Sequence[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    text = ', '.join(keys[:limit])
+    return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Sequence[str],
+                          unused: Sequence[str] = ()) -> str:
+    """A sentence naming the keys ``state_dict`` lacks and has in excess compared with ``expected_keys``."""
+    expected = set(expected_keys)
+    missing = sorted(expected - set(state_dict))
+    extra = sorted(set(state_dict) - expected) + sorted(unused)
+    parts = []
+    if missing:
+        parts.append(f'It lacks {len(missing)} key(s) the model needs: {_sample(missing)}.')
+    if extra:
+        parts.append(f'It has {len(extra)} key(s) the model does not have: {_sample(extra)}.')
+    return ' '.join(parts) if parts else 'Its keys match the model.'
+
+
+def load_mit_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str] = None,
+                        map_location: Optional[str] = 'cpu') -> EncoderExtraction:
+    """Load a pretrained MiT encoder of any published layout into ``model`` (strictly).
+
+    Args:
+        model: A MixVisionTransformer (mmseg's or this plugin's; their keys are the same).
+        checkpoint: A ``.pth`` file or URL, a ``.safetensors`` file, or a Hugging Face model directory.
+        prefix: Optional sub-module prefix to take from the checkpoint first (e.g. ``'backbone.'``),
+            as in mmengine's ``Pretrained`` init; the layout is detected either way.
+        map_location: Device the checkpoint is read onto.
+
+    Returns:
+        What was found; ``dropped`` lists head keys that were ignored.
+
+    Raises:
+        ValueError: if the checkpoint is in no known layout, or its encoder does not fit ``model``
+            (the message names missing, unexpected and mis-shaped keys).
+    """
+    from mmseg_ext.checkpoint_io import read_checkpoint, read_hf_config, unwrap_state_dict
+
+    if osp.isdir(checkpoint) or checkpoint.endswith('.safetensors'):
+        _check_hf_config_fits(read_hf_config(checkpoint), model, checkpoint)
+    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location=map_location))
+    state_dict = _strip_wrapper_prefix(state_dict)
+    if prefix:
+        selected = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        if not selected:
+            raise ValueError(f"no key of {checkpoint} starts with prefix={prefix!r} "
+                             f'(first keys: {_sample(list(state_dict), 4)})')
+        state_dict = selected
+    target = model.state_dict()
+    try:
+        extraction = extract_mit_encoder(state_dict, expected_keys=list(target))
+    except ValueError as error:
+        raise ValueError(f'{checkpoint}: {error}') from None
+    converted = extraction.state_dict
+    mismatched = [f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}'
+                  for key, value in converted.items() if key in target and value.shape != target[key].shape]
+    if set(converted) != set(target) or extraction.unused or mismatched:
+        message = describe_key_mismatch(converted, list(target), extraction.unused)
+        if mismatched:
+            message += f' Shapes differ for {len(mismatched)} key(s): {"; ".join(mismatched[:4])}' + (
+                ' ...' if len(mismatched) > 4 else '') + ' (a different MiT variant?).'
+        raise ValueError(f'{checkpoint} holds a MiT encoder in the {extraction.layout} layout that does not '
+                         f'fit this model. {message}')
+    model.load_state_dict(converted, strict=True)
+    return extraction
+
+
+def _check_hf_config_fits(config: Optional[Mapping], model: nn.Module, checkpoint: str) -> None:
+    """Compare a Hugging Face SegFormer ``config.json`` with ``model``: attention heads and the like do not
+    show in the weights, so a mismatch there would load without error and compute something else."""
+    if not isinstance(config, Mapping) or config.get('model_type') != 'segformer':
+        return
+    expected = dict(num_attention_heads=list(model.num_heads), sr_ratios=list(model.sr_ratios),
+                    patch_sizes=list(model.patch_sizes), strides=list(model.strides),
+                    depths=list(model.num_layers), num_encoder_blocks=model.num_stages)
+    wrong = {name: (config[name], value) for name, value in expected.items()
+             if name in config and config[name] != value}
+    if wrong:
+        detail = '; '.join(f'{name}={got!r} (model: {want!r})' for name, (got, want) in wrong.items())
+        raise ValueError(f'{checkpoint}: its config.json describes another MiT than this model: {detail}')
+
+
+def _strip_wrapper_prefix(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """Remove ``module.`` (DataParallel) when every key carries it."""
+    result = dict(state_dict)
+    while result and all(key.startswith('module.') for key in result):
+        result = {key[len('module.'):]: value for key, value in result.items()}
+    return result
