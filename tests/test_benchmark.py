@@ -85,3 +85,20 @@ def test_bad_arguments(tmp_path):
     assert proc.returncode == 2 and 'config file not found' in proc.stderr
     proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--repeats', 0], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and '--repeats must be at least 1, got 0' in proc.stderr
+
+
+def test_models_build_without_their_pretrained_weights():
+    import sys
+    sys.path.insert(0, str(REPO / 'tools'))
+    from benchmark import build_segmentor
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(str(REPO / 'configs/ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py'))
+    assert cfg.model.pretrained  # mmseg's recipe names ImageNet weights that cannot be downloaded here
+    model_cfg = cfg.model.to_dict()
+    for _ in range(2):  # plugin model, then mmseg's counterpart from the same config
+        init_cfg = build_segmentor(model_cfg).backbone.init_cfg or []
+        init_cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+        assert all(entry['type'] != 'Pretrained' for entry in init_cfgs), init_cfgs
+    assert model_cfg['pretrained'] == cfg.model.pretrained and 'pretrained' not in model_cfg['backbone']

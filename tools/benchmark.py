@@ -16,6 +16,7 @@ Examples::
 """
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import sys
@@ -67,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_segmentor(model_cfg: dict) -> nn.Module:
+    """Build ``model_cfg`` without its ``pretrained`` weights (the benchmark uses random weights or
+    CHECKPOINT, and nothing is downloaded). ``model_cfg`` is not modified: mmseg's segmentors move
+    ``pretrained`` into the backbone's config while they build."""
     from mmseg.registry import MODELS
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg.pop('pretrained', None)
+    model_cfg.get('backbone', {}).pop('pretrained', None)
     return MODELS.build(model_cfg)
 
 
