@@ -1,31 +1,10 @@
 # `make demo` (the default MODEL): the plugin's ERFNet with the paper's head (full-resolution
 # transposed-conv classifier), trained from scratch on the procedurally drawn demo scenes.
-# To fit 10 minutes of training on 2 CPU cores, the scenes are seen at half resolution (128x256 crops
-# of images resized around 256x128, batch 8) and tested at 256x128; predictions are scored at the
-# labels' full 256x512. Adam with poly decay and the paper's class weights (which lift the thin pole,
+# To fit 10 minutes of training on 2 CPU cores, the scenes are seen at half resolution (128x256 crops,
+# batch 8: ./demo_dataset.py). Adam with poly decay and the paper's class weights (which lift the thin pole,
 # sign and person classes), as in the paper, but a larger learning rate and no dropout for so short a
 # run. Data, evaluator and runtime: ./demo_dataset.py.
 _base_ = ['./demo_dataset.py']
-
-crop_size = (128, 256)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=8, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
 
 # The ERFNet authors' decoder-stage weights for the 19 Cityscapes train ids (configs/erfnet/erfnet_paper_*).
 class_weight = [
@@ -41,7 +20,7 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=crop_size)
+    size={{_base_.crop_size}})
 model = dict(
     type='EncoderDecoder',
     data_preprocessor=data_preprocessor,

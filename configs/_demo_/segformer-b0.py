@@ -1,5 +1,6 @@
 # `make demo MODEL=segformer-b0`: the plugin's MiT-B0 encoder and SegFormer decoder (mmseg's form), trained
-# from random initialisation (no ImageNet weights offline) on the procedurally drawn demo scenes at 256x512.
+# from random initialisation (no ImageNet weights offline) on the procedurally drawn demo scenes at half
+# resolution (./demo_dataset.py).
 # mmseg's SegFormer recipe (AdamW, no weight decay on norms, decoder lr x10, linear warm-up then poly) with a
 # larger learning rate and a schedule of a few minutes on CPU. Data, evaluator and runtime: ./demo_dataset.py.
 _base_ = ['./demo_dataset.py']
