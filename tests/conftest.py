@@ -91,3 +91,12 @@ def trained_run(tmp_path_factory, tiny_data):
     config = write_tiny_config(work / 'tiny.py', tiny_data)
     proc = run_tool(['train.py', config, '--work-dir', work / 'run'], cwd=work)
     return config, work / 'run', proc.stdout + proc.stderr
+
+
+def without_scope(value):
+    """``value`` as plain data without the ``_scope_`` keys mmengine adds to dicts read from ``mmseg::`` bases."""
+    if isinstance(value, dict):
+        return {key: without_scope(item) for key, item in value.items() if key != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_scope(item) for item in value)
+    return value

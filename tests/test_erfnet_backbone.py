@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from conftest import without_scope
 from erfnet_reference import single_torch_thread  # noqa: F401  (autouse fixture)
 from erfnet_reference import (REPO_ROOT, batch_norms, build_segmentor, max_abs_diff, mmseg_config_path,
                               randomize_batch_norms)
@@ -143,16 +144,7 @@ def test_fcn_config_is_mmseg_recipe_with_plugin_backbone():
     ours, theirs = Config.fromfile(FCN_CONFIG), Config.fromfile(MMSEG_FCN_CONFIG)
     assert ours.model.backbone.pop('type') == 'mmseg_ext.ERFNet'
     assert theirs.model.backbone.pop('type') == 'ERFNet'
-    assert _without_scope(ours.to_dict()) == _without_scope(theirs.to_dict())
-
-
-def _without_scope(value):
-    """``value`` without the ``_scope_`` entries mmengine adds to dicts read from ``mmseg::`` bases."""
-    if isinstance(value, dict):
-        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_scope(v) for v in value)
-    return value
+    assert without_scope(ours.to_dict()) == without_scope(theirs.to_dict())
 
 
 def test_default_batch_norms_use_authors_eps():

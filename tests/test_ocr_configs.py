@@ -10,6 +10,7 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from conftest import without_scope
 
 from mmseg_ext.models.backbones.hrnet import HRNet as PluginHRNet
 from mmseg_ext.models.decode_heads.ocr_head import OCRHead
@@ -46,15 +47,6 @@ def test_config_names_its_target_and_uses_the_plugin_head(path):
     assert cfg.model.decode_head[0].type == 'FCNHead'
     assert cfg.model.decode_head[1].type == 'mmseg_ext.OCRHead'
     assert cfg.model.decode_head[0].loss_decode.loss_weight == 0.4
-
-
-def without_scope(value):
-    """``value`` as plain data without the ``_scope_`` keys mmengine adds to bases a config reads."""
-    if isinstance(value, dict):
-        return {key: without_scope(item) for key, item in value.items() if key != '_scope_'}
-    if isinstance(value, (list, tuple)):
-        return type(value)(without_scope(item) for item in value)
-    return value
 
 
 def test_mmseg_recipes_are_unchanged_but_the_head():
