@@ -223,7 +223,7 @@ def test_heads_must_divide_the_width():
 
 
 def test_attention_uses_the_fused_kernel(monkeypatch):
-    """The attention goes through scaled_dot_product_attention, once per block."""
+    """The attention goes through scaled_dot_product_attention, once per block, in eval and training."""
     calls = []
     original = F.scaled_dot_product_attention
 
@@ -237,3 +237,7 @@ def test_attention_uses_the_fused_kernel(monkeypatch):
         model(torch.randn(1, 3, 64, 64))
     assert len(calls) == sum(MIT_ARCH_SETTINGS['b0']['num_layers'])
     assert calls[0] == (1, 1, 256, 32)
+    calls.clear()
+    model.train()  # training goes through the same kernel (its backward is PyTorch's fused one)
+    sum(output.sum() for output in model(torch.randn(1, 3, 64, 64))).backward()
+    assert len(calls) == sum(MIT_ARCH_SETTINGS['b0']['num_layers'])

@@ -8,11 +8,9 @@ the same maths. It is faster and leaner because
 * attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (no materialised
   attention matrix, nor the head-averaged weights ``nn.MultiheadAttention`` computes by default),
   with q and the spatially reduced k/v projected straight from mmseg's stacked ``in_proj_weight``
-  (k and v in one matmul, q, k and v in one where there is no reduction). On CPU its backward pass
-  is :class:`ChunkedAttentionBackward`: PyTorch's CPU flash-attention backward parallelises over batch
-  and heads only and is an order of magnitude slower than the forward pass for SegFormer's shapes
-  (one head over 256x256 queries), so the gradients are recomputed in blocks of queries with large
-  matrix products instead, never holding the whole attention matrix;
+  (k and v in one matmul, q, k and v in one where there is no reduction); on CPU both passes are
+  PyTorch's fused flash-attention kernels, which never page in the matrices of hundreds of MiB that
+  mmseg's attention allocates at 1024x1024;
 * tokens stay in one ``[B, H*W, C]`` buffer: the 1x1 convolutions of Mix-FFN run as matmuls on it and
   the 3x3 depth-wise and reduction convolutions read it as a channels-last ``[B, C, H, W]`` view, so the
   ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear.
@@ -95,65 +93,6 @@ class AttentionProjections(nn.Module):
         return F.linear(x, self.in_proj_weight[rows], bias)
 
 
-#: Elements of one block of recomputed attention probabilities in :class:`ChunkedAttentionBackward`
-#: (2**24 float32 values: 64 MiB; two such buffers live at a time).
-ATTENTION_CHUNK_ELEMENTS = 1 << 24
-
-
-class ChunkedAttentionBackward(torch.autograd.Function):
-    """``softmax(q k^T / sqrt(d)) v`` by ``scaled_dot_product_attention``, differentiated block-wise.
-
-    The backward pass recomputes the probabilities ``P`` for a block of queries at a time and applies
-    the usual formulas ``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = dS K / sqrt(d)``,
-    ``dK = dS^T Q / sqrt(d)``; only ``q``, ``k``, ``v`` and the output are kept between the passes.
-    """
-
-    @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        out = F.scaled_dot_product_attention(query, key, value)
-        ctx.save_for_backward(query, key, value, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        query, key, value, out = ctx.saved_tensors
-        batch, heads, num_queries, head_dims = query.shape
-        num_keys = key.shape[-2]
-        scale = head_dims**-0.5
-        query = query.reshape(batch * heads, num_queries, head_dims) * scale
-        key = key.reshape(batch * heads, num_keys, head_dims)
-        value = value.reshape(batch * heads, num_keys, head_dims)
-        grad_out = grad_out.reshape(batch * heads, num_queries, head_dims)
-        # rowsum(dO * O) equals rowsum(P * dP), the softmax backward's correction term
-        correction = (grad_out * out.reshape(batch * heads, num_queries, head_dims)).sum(-1, keepdim=True)
-        grad_query = torch.empty_like(query)
-        grad_key = torch.zeros_like(key)
-        grad_value = torch.zeros_like(value)
-        key_t, value_t = key.transpose(1, 2), value.transpose(1, 2)
-        rows = max(1, ATTENTION_CHUNK_ELEMENTS // (batch * heads * num_keys))
-        for start in range(0, num_queries, rows):
-            stop = min(start + rows, num_queries)
-            query_block, grad_block = query[:, start:stop], grad_out[:, start:stop]
-            probs = torch.softmax(torch.bmm(query_block, key_t), dim=-1)
-            grad_value.baddbmm_(probs.transpose(1, 2), grad_block)
-            grad_scores = torch.bmm(grad_block, value_t).sub_(correction[:, start:stop]).mul_(probs)
-            del probs
-            grad_query[:, start:stop] = torch.bmm(grad_scores, key)
-            grad_key.baddbmm_(grad_scores.transpose(1, 2), query_block)  # query is pre-scaled
-        grad_query.mul_(scale)
-        return (grad_query.view(batch, heads, num_queries, head_dims),
-                grad_key.view(batch, heads, num_keys, head_dims), grad_value.view(batch, heads, num_keys, head_dims))
-
-
-def attention(query: Tensor, key: Tensor, value: Tensor, dropout_p: float = 0.) -> Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` over ``[B, heads, L, d]`` tensors, never materialising the
-    attention matrix; with the block-wise backward of :class:`ChunkedAttentionBackward` on CPU."""
-    needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    if needs_grad and dropout_p == 0 and query.device.type == 'cpu':
-        return ChunkedAttentionBackward.apply(query, key, value)
-    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
-
-
 class EfficientSelfAttention(BaseModule):
     """SegFormer's efficient self-attention: multi-head attention whose keys and values come from a
     feature map reduced ``sr_ratio`` times per side by a strided convolution and a norm.
@@ -203,7 +142,7 @@ class EfficientSelfAttention(BaseModule):
         query = query.view(batch, num_queries, self.num_heads, head_dims).transpose(1, 2)
         key, value = (part.transpose(1, 2)
                       for part in key_value.view(batch, num_keys, 2, self.num_heads, head_dims).unbind(2))
-        out = attention(query, key, value, dropout_p=self.attn_drop if self.training else 0.)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=self.attn_drop if self.training else 0.)
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, num_queries, channels))
         return (x if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
 
