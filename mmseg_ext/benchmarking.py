@@ -6,10 +6,11 @@ the same weights, the variants called in turn so that a busy shared machine slow
 import ctypes
 import gc
 import inspect
+import os
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -115,8 +116,12 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
 
 @dataclass
 class Timing:
-    """Seconds per call of one variant."""
+    """Seconds per call of one variant: wall time, and the CPU time of the whole process (all threads)
+    split into user and system (kernel) time, which ``os.times`` gives; system time is mostly paging
+    in freshly allocated memory."""
     seconds: List[float]
+    user_seconds: List[float] = field(default_factory=list)
+    system_seconds: List[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -145,17 +150,20 @@ def time_alternating(runs: Dict[str, Callable[[], object]], repeats: int, warmup
         for name in names:
             runs[name]()
             on_step and on_step()
-    seconds: Dict[str, List[float]] = {name: [] for name in names}
+    timings = {name: Timing([]) for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             _synchronize()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), os.times()
             runs[name]()
             _synchronize()
-            seconds[name].append(time.perf_counter() - start)
+            end, end_cpu = time.perf_counter(), os.times()
+            timings[name].seconds.append(end - start)
+            timings[name].user_seconds.append(end_cpu.user - start_cpu.user)
+            timings[name].system_seconds.append(end_cpu.system - start_cpu.system)
             on_step and on_step()
-    return {name: Timing(values) for name, values in seconds.items()}
+    return timings
 
 
 def _status_kib(field: str) -> int:

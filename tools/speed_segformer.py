@@ -6,7 +6,9 @@ loaded strictly) and checked to give the same features. Then, alternating which 
 * inference: one forward pass in eval mode under ``torch.no_grad()``;
 * training step: forward and backward in train mode (loss: mean of squares of every output);
 
-each repeated ``--repeats`` times after a warm-up; the medians and their ratios are printed.
+each repeated ``--repeats`` times after a warm-up (``mmseg_ext.benchmarking.time_alternating``); the
+medians of the wall time and their ratio are printed, and the medians of the process's user and system
+CPU time per call (system time is mostly paging in freshly allocated memory).
 
 Peak memory of the training step is measured in a fresh subprocess per measurement (two per encoder by
 default): the worker builds the encoder, runs one warm-up training step (so gradients and one-time
@@ -20,19 +22,20 @@ Example (the figures in docs/segformer.md)::
     .venv/bin/python tools/speed_segformer.py --arch b2 --size 1024 1024 --repeats 5
 """
 import argparse
+import functools
 import json
 import os
 import os.path as osp
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmseg_ext.benchmarking import time_alternating  # noqa: E402
 
 IMPLEMENTATIONS = ('mmseg', 'mmseg_ext')
 
@@ -67,25 +70,6 @@ def train_step(model: nn.Module, images: torch.Tensor) -> None:
 def inference(model: nn.Module, images: torch.Tensor) -> None:
     with torch.no_grad():
         model(images)
-
-
-def timed(function: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def alternate(models: Dict[str, nn.Module], step: Callable[[nn.Module, torch.Tensor], None],
-              images: torch.Tensor, repeats: int) -> Dict[str, List[float]]:
-    """Run ``step`` for every model ``repeats`` times, alternating the order; a warm-up first."""
-    for model in models.values():
-        step(model, images)
-    times: Dict[str, List[float]] = {name: [] for name in models}
-    names = list(models)
-    for repeat in range(repeats):
-        for name in (names if repeat % 2 == 0 else names[::-1]):
-            times[name].append(timed(lambda: step(models[name], images)))
-    return times
 
 
 def _status_kib(field: str) -> int:
@@ -150,19 +134,24 @@ def main() -> None:
     print(f'MiT-{args.arch.upper()} at {size[0]}x{size[1]}, batch 1, {torch.get_num_threads()} threads, '
           f'torch {torch.__version__}; max |mmseg - mmseg_ext| of the features: {max_diff:.2e}')
 
-    def report(title: str, times: Dict[str, List[float]]) -> None:
-        medians = {name: statistics.median(values) for name, values in times.items()}
-        runs = ', '.join(f'{name} ' + ' '.join(f'{value:.2f}' for value in values) for name, values in times.items())
+    def report(title: str, step: Callable[[nn.Module, torch.Tensor], None]) -> None:
+        timings = time_alternating({name: functools.partial(step, model, images) for name, model in models.items()},
+                                   repeats=args.repeats, warmup=1)
+        medians = {name: timing.median for name, timing in timings.items()}
+        runs = ', '.join(f'{name} ' + ' '.join(f'{value:.2f}' for value in timing.seconds)
+                         for name, timing in timings.items())
+        cpu = ', '.join(f'{name} {statistics.median(timing.user_seconds):.2f} s user + '
+                        f'{statistics.median(timing.system_seconds):.2f} s system' for name, timing in timings.items())
         print(f'{title}: mmseg {medians["mmseg"]:.2f} s, mmseg_ext {medians["mmseg_ext"]:.2f} s, '
-              f'speed-up {medians["mmseg"] / medians["mmseg_ext"]:.2f}x (median of {args.repeats}; {runs})',
-              flush=True)
+              f'speed-up {medians["mmseg"] / medians["mmseg_ext"]:.2f}x (median of {args.repeats}; {runs}); '
+              f'CPU time per call (medians): {cpu}', flush=True)
 
     if not args.skip_inference:
-        report('inference', alternate(models, inference, images, args.repeats))
+        report('inference', inference)
     if not args.skip_train:
         for model in models.values():
             model.train()
-        report('train step', alternate(models, train_step, images, args.repeats))
+        report('train step', train_step)
     del models, reference, plugin
     if not args.skip_memory:
         peaks: Dict[str, List[float]] = {name: [] for name in IMPLEMENTATIONS}
