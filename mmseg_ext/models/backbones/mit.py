@@ -11,9 +11,9 @@ the same maths. It is faster and leaner because
   (k and v in one matmul, q, k and v in one where there is no reduction); on CPU both passes are
   PyTorch's fused flash-attention kernels, which never page in the matrices of hundreds of MiB that
   mmseg's attention allocates at 1024x1024;
-* tokens stay in one ``[B, H*W, C]`` buffer: the 1x1 convolutions of Mix-FFN run as matmuls on it and
-  the 3x3 depth-wise and reduction convolutions read it as a channels-last ``[B, C, H, W]`` view, so the
-  ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear.
+* tokens stay in one ``[B, H*W, C]`` buffer, which the convolutions (Mix-FFN's 1x1 and 3x3 depth-wise
+  ones, the spatial reduction) read as a channels-last ``[B, C, H, W]`` view and whose layout their
+  outputs keep, so the ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear.
 """
 import math
 import warnings
@@ -151,7 +151,7 @@ class MixFFN(BaseModule):
     """Mix-FFN: 1x1 conv, 3x3 depth-wise conv (positional information), activation, 1x1 conv.
 
     Parameters keep mmseg's names (``layers.0``, ``layers.1``, ``layers.4`` are 1x1, 3x3 depth-wise and
-    1x1 convolutions); the 1x1 convolutions are computed as matmuls on the tokens.
+    1x1 convolutions); they run on a channels-last view of the tokens.
 
     Args:
         embed_dims: Channels C of the tokens.
@@ -180,10 +180,10 @@ class MixFFN(BaseModule):
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], identity: Optional[Tensor] = None) -> Tensor:
         """Mix-FFN of the tokens ``x`` (``[B, H*W, C]``, contiguous) added to ``identity``."""
         fc1, pe_conv, activate, drop, fc2 = (self.layers[index] for index in range(5))
-        out = F.linear(x, fc1.weight.flatten(1), fc1.bias)
-        out = map_to_tokens(pe_conv(tokens_to_map(out, hw_shape)))
-        out = drop(activate(out))
-        out = drop(F.linear(out, fc2.weight.flatten(1), fc2.bias))
+        # All three convolutions run on channels-last views of the token buffer; oneDNN's 1x1
+        # convolution measured 4-7% faster per MiT-B2 step than F.linear on the tokens.
+        out = drop(activate(pe_conv(fc1(tokens_to_map(x, hw_shape)))))
+        out = map_to_tokens(drop(fc2(out)))
         return (x if identity is None else identity) + self.dropout_layer(out)
 
 
