@@ -12,8 +12,9 @@ CPU time per call (system time is mostly paging in freshly allocated memory).
 
 Peak memory of the training step is measured in a fresh subprocess per measurement (two per encoder by
 default): the worker builds the encoder, runs one warm-up training step (so gradients and one-time
-buffers exist), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), reads its RSS, runs
-one more step and reports ``VmHWM`` minus that RSS: the extra resident memory the step needs. The worker
+buffers exist), then ``mmseg_ext.benchmarking.peak_memory_mb`` resets the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), reads its RSS, runs one more step and reports ``VmHWM`` minus that RSS: the
+extra resident memory the step needs. The worker
 runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed tensors to the system instead of
 keeping them for reuse, which would hide part of the peak. Linux only.
 
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mmseg_ext.benchmarking import time_alternating  # noqa: E402
+from mmseg_ext.benchmarking import peak_memory_mb, time_alternating  # noqa: E402
 
 IMPLEMENTATIONS = ('mmseg', 'mmseg_ext')
 
@@ -72,25 +73,12 @@ def inference(model: nn.Module, images: torch.Tensor) -> None:
         model(images)
 
 
-def _status_kib(field: str) -> int:
-    with open('/proc/self/status') as status:
-        for line in status:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
 def memory_worker(implementation: str, arch: str, size: Tuple[int, int]) -> Dict[str, float]:
     """Extra peak RSS (MiB) of one training step, measured inside this (fresh) process."""
     model = build_encoder(implementation, arch).train()
     images = torch.randn(1, 3, *size)
     train_step(model, images)  # warm-up: gradients and one-time buffers now exist
-    with open('/proc/self/clear_refs', 'w') as clear_refs:
-        clear_refs.write('5')  # reset VmHWM to the current RSS
-    baseline = _status_kib('VmRSS')
-    train_step(model, images)
-    peak = _status_kib('VmHWM')
-    return dict(baseline_mib=baseline / 1024, extra_peak_mib=(peak - baseline) / 1024)
+    return dict(extra_peak_mib=peak_memory_mb(lambda: train_step(model, images), torch.device('cpu')))
 
 
 def measure_memory(implementation: str, arch: str, size: Tuple[int, int]) -> Dict[str, float]:
