@@ -9,7 +9,8 @@ from conftest import run_tool
 from mmseg.models.backbones import MixVisionTransformer as MmsegMiT
 from segformer_reference import randomize_
 
-from mmseg_ext.models.backbones.mit import (MIT_ARCH_SETTINGS, EfficientSelfAttention, MixVisionTransformer)
+from mmseg_ext.models.backbones.mit import (MIT_ARCH_SETTINGS, EfficientSelfAttention, MixVisionTransformer,
+                                           cpu_backward_query_splits)
 from mmseg_ext.registry import MODELS
 
 ARCHS = list(MIT_ARCH_SETTINGS)
@@ -94,6 +95,27 @@ def test_qkv_bias_false_matches_mmseg():
             torch.testing.assert_close(act, exp, rtol=0, atol=1e-4)
 
 
+def _explicit_attention(attention, tokens, hw_shape, identity):
+    """SegFormer's attention written out as softmax(QK^T / sqrt(d)) V with the module's weights."""
+    batch, _, channels = tokens.shape
+    num_heads = attention.num_heads
+    weight, bias = attention.attn.in_proj_weight, attention.attn.in_proj_bias
+    w_q, w_k, w_v = weight.chunk(3)
+    b_q, b_k, b_v = bias.chunk(3)
+    source = tokens
+    if attention.sr_ratio > 1:
+        feature_map = tokens.transpose(1, 2).reshape(batch, channels, *hw_shape)
+        source = attention.norm(attention.sr(feature_map).flatten(2).transpose(1, 2))
+
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+    q, k, v = heads(tokens @ w_q.T + b_q), heads(source @ w_k.T + b_k), heads(source @ w_v.T + b_v)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(channels // num_heads), dim=-1)
+    attended = (weights @ v).transpose(1, 2).reshape(batch, -1, channels)
+    return identity + attended @ attention.attn.out_proj.weight.T + attention.attn.out_proj.bias
+
+
 @pytest.mark.parametrize('num_heads,sr_ratio', [(1, 1), (2, 1), (1, 2), (5, 4)])
 def test_sdpa_attention_equals_explicit_formula(num_heads, sr_ratio):
     torch.manual_seed(0)
@@ -104,25 +126,60 @@ def test_sdpa_attention_equals_explicit_formula(num_heads, sr_ratio):
     attention.eval()
     tokens = torch.randn(2, height * width, channels)
     identity = torch.randn(2, height * width, channels)
-
-    weight, bias = attention.attn.in_proj_weight, attention.attn.in_proj_bias
-    w_q, w_k, w_v = weight.chunk(3)
-    b_q, b_k, b_v = bias.chunk(3)
-    source = tokens
-    if sr_ratio > 1:
-        feature_map = tokens.transpose(1, 2).reshape(2, channels, height, width)
-        source = attention.norm(attention.sr(feature_map).flatten(2).transpose(1, 2))
-
-    def heads(x):
-        return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
-
-    q, k, v = heads(tokens @ w_q.T + b_q), heads(source @ w_k.T + b_k), heads(source @ w_v.T + b_v)
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(channels // num_heads), dim=-1)
-    attended = (weights @ v).transpose(1, 2).reshape(2, height * width, channels)
-    expected = identity + attended @ attention.attn.out_proj.weight.T + attention.attn.out_proj.bias
+    expected = _explicit_attention(attention, tokens, (height, width), identity)
     with torch.no_grad():
         actual = attention(tokens, (height, width), identity=identity)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_heads,num_queries,num_threads,splits', [
+    (1, 65536, 2, 2),  # MiT stage 1 at 1024x1024: one head, so the backward would use one thread
+    (5, 4096, 2, 2),  # five heads on two threads: ten blocks balance
+    (2, 16384, 2, 1),  # already balanced
+    (8, 1024, 2, 1),
+    (1, 65536, 16, 16),
+    (1, 1000, 2, 1),  # halves would fall below the kernel's large 768-query tiles
+    (1, 2304, 4, 3),  # 4 blocks would be too small; 3 divides the queries
+    (1, 1601, 2, 1),  # odd length: no equal halves
+])
+def test_cpu_backward_query_splits(batch_heads, num_queries, num_threads, splits):
+    assert cpu_backward_query_splits(batch_heads, num_queries, num_threads) == splits
+
+
+@pytest.mark.parametrize('batch,num_heads,threads', [(2, 1, 4), (1, 5, 2)])
+def test_split_queries_give_the_formula_outputs_and_gradients(monkeypatch, batch, num_heads, threads):
+    """With queries cut into blocks for the CPU backward, outputs and every gradient match the formula."""
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
+    torch.manual_seed(0)
+    channels, hw_shape = 8 * num_heads, (48, 64)
+    attention = EfficientSelfAttention(channels, num_heads, qkv_bias=True, sr_ratio=8,
+                                       norm_cfg=dict(type='LN', eps=1e-6))
+    randomize_(attention)
+    attention.train()
+    tokens = torch.randn(batch, hw_shape[0] * hw_shape[1], channels, requires_grad=True)
+    identity = torch.randn(batch, hw_shape[0] * hw_shape[1], channels)
+    query_batches = []
+    original = F.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        query_batches.append(query.shape[0])
+        return original(query, *args, **kwargs)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    actual = attention(tokens, hw_shape, identity=identity)
+    splits = cpu_backward_query_splits(batch * num_heads, tokens.shape[1], threads)
+    assert splits > 1 and query_batches == [batch * splits]
+    upstream = torch.randn_like(actual)
+    actual_grads = torch.autograd.grad(actual, [tokens, *attention.parameters()], upstream)
+    expected = _explicit_attention(attention, tokens, hw_shape, identity)
+    expected_grads = torch.autograd.grad(expected, [tokens, *attention.parameters()], upstream)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    names = ['tokens'] + [name for name, _ in attention.named_parameters()]
+    for name, act, exp in zip(names, actual_grads, expected_grads):
+        # Tolerance relative to each gradient's scale: the key bias's true gradient is zero (softmax
+        # ignores a shift shared by all keys), so both sides hold only rounding noise there.
+        atol = 1e-5 * max(1., exp.abs().max().item())
+        torch.testing.assert_close(act, exp, rtol=1e-4, atol=atol, msg=lambda m: f'{name}: {m}')
 
 
 @pytest.mark.parametrize('arch', ARCHS)

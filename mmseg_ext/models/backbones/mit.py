@@ -10,7 +10,9 @@ the same maths. It is faster and leaner because
   with q and the spatially reduced k/v projected straight from mmseg's stacked ``in_proj_weight``
   (k and v in one matmul, q, k and v in one where there is no reduction); on CPU both passes are
   PyTorch's fused flash-attention kernels, which never page in the matrices of hundreds of MiB that
-  mmseg's attention allocates at 1024x1024;
+  mmseg's attention allocates at 1024x1024; in training on CPU the queries are cut into blocks
+  stacked on the batch axis where batch x heads would leave threads idle in that kernel's backward
+  (:func:`cpu_backward_query_splits`);
 * tokens stay in one ``[B, H*W, C]`` buffer, which the convolutions (Mix-FFN's 1x1 and 3x3 depth-wise
   ones, the spatial reduction) read as a channels-last ``[B, C, H, W]`` view and whose layout their
   outputs keep, so the ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear.
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from mmseg_ext.registry import MODELS
 from .mit_checkpoint import load_mit_pretrained
 
-__all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS']
+__all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits']
 
 #: The published MiT variants (SegFormer paper, Table 6). Every variant uses patch sizes (7, 3, 3, 3),
 #: strides (4, 2, 2, 2), reduction ratios (8, 4, 2, 1) and MLP ratio 4, which are the constructor defaults.
@@ -58,6 +60,30 @@ def map_to_tokens(feature_map: Tensor) -> Tensor:
     """``[B, C, H, W]`` to ``[B, H*W, C]``; free for a channels-last map, one copy otherwise."""
     batch, channels = feature_map.shape[:2]
     return feature_map.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+
+
+#: The query length from which PyTorch's CPU flash attention uses its largest (256-row) query blocks.
+_CPU_FLASH_LARGE_BLOCK_QUERIES = 768
+
+
+def cpu_backward_query_splits(batch_heads: int, num_queries: int, num_threads: int) -> int:
+    """Into how many blocks to cut the queries so that PyTorch's CPU flash-attention backward uses every thread.
+
+    That backward parallelises over batch x heads only (it accumulates the key and value gradients per
+    head), so MiT's first stage, one head at batch 1, runs on one thread. Queries are independent given
+    the keys and values, so cutting them into ``splits`` blocks that each attend to all keys, stacked on
+    the batch axis, computes the same outputs; autograd sums the blocks' key and value gradients. The
+    blocks keep at least 768 queries so the kernel keeps its large tiles.
+
+    Returns:
+        The smallest count that makes ``batch_heads * splits`` a multiple of ``num_threads``, reduced to
+        the largest count below it that divides ``num_queries`` with large enough blocks (1: no split).
+    """
+    wanted = num_threads // math.gcd(batch_heads, num_threads)
+    for splits in range(wanted, 1, -1):
+        if num_queries % splits == 0 and num_queries // splits >= _CPU_FLASH_LARGE_BLOCK_QUERIES:
+            return splits
+    return 1
 
 
 class AttentionProjections(nn.Module):
@@ -137,14 +163,21 @@ class EfficientSelfAttention(BaseModule):
         else:
             query, key_value = self.attn.project(x, 0, 3).split([channels, 2 * channels], dim=-1)
         num_keys = key_value.shape[1]
-        # [B, N, C] -> [B, heads, N, C/heads] as strided views; the kernel reads them in place.
-        # (split/unbind rather than indexing: their backward assembles the gradient in one pass.)
-        query = query.view(batch, num_queries, self.num_heads, head_dims).transpose(1, 2)
+        splits = 1
+        if x.device.type == 'cpu' and torch.is_grad_enabled() and (query.requires_grad or key_value.requires_grad):
+            splits = cpu_backward_query_splits(batch * self.num_heads, num_queries, torch.get_num_threads())
+        # [B, N, C] -> [B*splits, heads, N/splits, C/heads] as strided views; the kernel reads them in
+        # place. (split/unbind rather than indexing: their backward assembles the gradient in one pass.)
+        query = query.view(batch * splits, num_queries // splits, self.num_heads, head_dims).transpose(1, 2)
         key, value = (part.transpose(1, 2)
                       for part in key_value.view(batch, num_keys, 2, self.num_heads, head_dims).unbind(2))
+        if splits > 1:
+            # Every query block attends to all keys: repeat k and v (small: the reduced map) per block.
+            key, value = (part.repeat_interleave(splits, dim=0) for part in (key, value))
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=self.attn_drop if self.training else 0.)
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, num_queries, channels))
-        return (x if identity is None else identity) + self.dropout_layer(self.proj_drop(out))
+        # In place: the branch output is a fresh tensor no backward needs (saves an allocation).
+        return self.dropout_layer(self.proj_drop(out)).add_(x if identity is None else identity)
 
 
 class MixFFN(BaseModule):
@@ -184,7 +217,8 @@ class MixFFN(BaseModule):
         # convolution measured 4-7% faster per MiT-B2 step than F.linear on the tokens.
         out = drop(activate(pe_conv(fc1(tokens_to_map(x, hw_shape)))))
         out = map_to_tokens(drop(fc2(out)))
-        return (x if identity is None else identity) + self.dropout_layer(out)
+        # In place: the branch output is a fresh tensor no backward needs (saves an allocation).
+        return self.dropout_layer(out).add_(x if identity is None else identity)
 
 
 class MixTransformerBlock(BaseModule):
