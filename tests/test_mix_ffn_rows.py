@@ -6,8 +6,8 @@ from segformer_reference import randomize_
 
 import mmseg_ext.models.backbones.mit as mit
 from mmseg_ext.models.backbones.mit import MixFFN
-from mmseg_ext.models.backbones.mix_ffn_rows import (GLIBC_MMAP_THRESHOLD_MAX, plan_row_blocks, row_blocked_mix_ffn,
-                                                     supports_row_blocking)
+from mmseg_ext.models.backbones.mix_ffn_rows import (GLIBC_MMAP_THRESHOLD_MAX, RowBlockedMixFFN, plan_row_blocks,
+                                                     row_blocked_mix_ffn, supports_row_blocking)
 
 MIB = 2**20
 
@@ -110,3 +110,16 @@ def test_encoder_with_blocks_matches_the_whole_map_encoder(monkeypatch):
     for name, exp in expected_grads.items():
         torch.testing.assert_close(actual_grads[name], exp, rtol=1e-4, atol=1e-5 * max(1., exp.abs().max().item()),
                                    msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('kind', ['gelu', 'relu'])
+def test_row_blocked_backward_passes_gradcheck(kind):
+    """The written-out backward against finite differences, in double precision, with uneven blocks."""
+    torch.manual_seed(0)
+    x_map = torch.randn(2, 3, 5, 4, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    weights = [torch.randn(shape, dtype=torch.double) for shape in
+               ((6, 3, 1, 1), (6, ), (6, 1, 3, 3), (6, ), (3, 6, 1, 1), (3, ))]
+    inputs = [tensor.requires_grad_(True) for tensor in (x_map, *weights)]
+    blocks = [(0, 2), (2, 3), (3, 5)]
+    assert torch.autograd.gradcheck(lambda *tensors: RowBlockedMixFFN.apply(*tensors, kind, 'none', blocks), inputs,
+                                    eps=1e-6, atol=1e-5)
