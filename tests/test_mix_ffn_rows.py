@@ -123,3 +123,19 @@ def test_row_blocked_backward_passes_gradcheck(kind):
     blocks = [(0, 2), (2, 3), (3, 5)]
     assert torch.autograd.gradcheck(lambda *tensors: RowBlockedMixFFN.apply(*tensors, kind, 'none', blocks), inputs,
                                     eps=1e-6, atol=1e-5)
+
+
+def test_frozen_parameters_get_no_gradient_and_the_others_match(monkeypatch):
+    """Weights that do not require gradients get none; the rest match the whole-map computation."""
+    module = _mix_ffn(None).train()
+    module.layers[1].weight.requires_grad_(False)  # the depth-wise kernel
+    module.layers[0].bias.requires_grad_(False)
+    tokens = torch.randn(1, 99, 6, requires_grad=True)
+    trainable = [tokens] + [p for p in module.parameters() if p.requires_grad]
+    monkeypatch.setattr(MixFFN, 'row_blocks', lambda self, x_map: None)
+    expected = torch.autograd.grad(module(tokens, (11, 9)).sum(), trainable)
+    monkeypatch.setattr(MixFFN, 'row_blocks', lambda self, x_map: [(0, 5), (5, 11)])
+    module(tokens, (11, 9)).sum().backward()
+    assert module.layers[1].weight.grad is None and module.layers[0].bias.grad is None
+    for act, exp in zip([tokens.grad] + [p.grad for p in trainable[1:]], expected):
+        torch.testing.assert_close(act, exp, rtol=1e-5, atol=1e-5)

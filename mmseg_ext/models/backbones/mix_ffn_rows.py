@@ -5,7 +5,8 @@ and those of the second 32 MiB. glibc serves every allocation of 32 MiB or more 
 whose pages fault in (and are zeroed by the kernel) on first touch, and unmaps it on free, so each such
 tensor pays that cost again in every step. Measured on this project's 2-core machine, GELU on a 64 MiB
 tensor takes 0.46 ms per MiB and on a 16-31 MiB one 0.11-0.13 ms per MiB; smaller blocks come from
-glibc's heap, which keeps freed memory for reuse.
+glibc's heap, which reuses freed memory (it still hands back a free top of the heap beyond its trim
+threshold, so the saved activations are paged in again each step either way).
 
 The arithmetic is unchanged: both 1x1 convolutions and the activation act per pixel, and the 3x3
 depth-wise convolution of a block of rows reads one halo row above and below, which each block
@@ -50,17 +51,20 @@ def plan_row_blocks(height: int, bytes_per_row: int, threshold_bytes: int = GLIB
     return [(start, min(start + rows_per_block, height)) for start in range(0, height, rows_per_block)]
 
 
+#: The activations whose backward :class:`RowBlockedMixFFN` writes out, by the name it uses.
+_ACTIVATION_KINDS = {nn.GELU: 'gelu', nn.ReLU: 'relu'}
+
+
 def supports_row_blocking(activate: nn.Module) -> bool:
     """Whether :func:`row_blocked_mix_ffn` has a backward for this activation (GELU or ReLU)."""
-    return type(activate) in (nn.GELU, nn.ReLU)
+    return type(activate) in _ACTIVATION_KINDS
 
 
 def _activation_spec(activate: nn.Module) -> Tuple[str, str]:
-    if type(activate) is nn.GELU:
-        return 'gelu', activate.approximate
-    if type(activate) is nn.ReLU:
-        return 'relu', 'none'
-    raise TypeError(f'row-blocked Mix-FFN supports GELU and ReLU, got {type(activate).__name__}')
+    """``(kind, approximate)`` of a supported activation (``approximate`` is GELU's mode)."""
+    if not supports_row_blocking(activate):
+        raise TypeError(f'row-blocked Mix-FFN supports GELU and ReLU, got {type(activate).__name__}')
+    return _ACTIVATION_KINDS[type(activate)], getattr(activate, 'approximate', 'none')
 
 
 def _activate(hidden: Tensor, kind: str, approximate: str) -> Tensor:
@@ -115,7 +119,7 @@ class RowBlockedMixFFN(torch.autograd.Function):
         x, fc1_weight, dw_weight, fc2_weight, *saved = ctx.saved_tensors
         height = x.shape[2]
         hidden_channels = fc1_weight.shape[0]
-        needs_x = ctx.needs_input_grad[0]
+        needs_x, needs_fc1_w, needs_fc1_b, needs_dw_w, needs_dw_b, needs_fc2_w, needs_fc2_b = ctx.needs_input_grad[:7]
         grad_x = torch.zeros_like(x, memory_format=torch.channels_last) if needs_x else None
         sums: List[Optional[Tensor]] = [None] * 6  # fc1 w/b, depth-wise w/b, fc2 w/b
 
@@ -131,7 +135,7 @@ class RowBlockedMixFFN(torch.autograd.Function):
             grad_activated, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_out[:, :, block[0]:block[1]], activated, fc2_weight,
                 [fc2_weight.shape[0]] if ctx.has_bias[2] else None, padding=[0, 0], groups=1,
-                output_mask=[True, True, ctx.has_bias[2]], **conv)
+                output_mask=[True, needs_fc2_w, needs_fc2_b], **conv)
             accumulate(4, grad_w), accumulate(5, grad_b)
             # The halo rows of the depth-wise output belong to the neighbouring blocks: zero gradient here.
             grad_mixed = torch.empty_like(mixed)
@@ -147,13 +151,13 @@ class RowBlockedMixFFN(torch.autograd.Function):
             del grad_activated
             grad_hidden, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_mixed, hidden, dw_weight, [hidden_channels] if ctx.has_bias[1] else None,
-                padding=[1, 1], groups=hidden_channels, output_mask=[True, True, ctx.has_bias[1]], **conv)
+                padding=[1, 1], groups=hidden_channels, output_mask=[True, needs_dw_w, needs_dw_b], **conv)
             accumulate(2, grad_w), accumulate(3, grad_b)
             del grad_mixed
             grad_slab, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_hidden, x[:, :, slab[0]:slab[1]], fc1_weight,
                 [hidden_channels] if ctx.has_bias[0] else None, padding=[0, 0], groups=1,
-                output_mask=[needs_x, True, ctx.has_bias[0]], **conv)
+                output_mask=[needs_x, needs_fc1_w, needs_fc1_b], **conv)
             accumulate(0, grad_w), accumulate(1, grad_b)
             if needs_x:
                 grad_x[:, :, slab[0]:slab[1]] += grad_slab
@@ -172,5 +176,4 @@ def row_blocked_mix_ffn(x: Tensor, fc1: nn.Conv2d, dw_conv: nn.Conv2d, activate:
     tensors = (x, fc1.weight, fc1.bias, dw_conv.weight, dw_conv.bias, fc2.weight, fc2.bias)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         return _forward_blocks(*tensors, kind, approximate, blocks, keep=False)[0]
-    return RowBlockedMixFFN.apply(x, fc1.weight, fc1.bias, dw_conv.weight, dw_conv.bias, fc2.weight, fc2.bias,
-                                  kind, approximate, blocks)
+    return RowBlockedMixFFN.apply(*tensors, kind, approximate, blocks)
