@@ -76,6 +76,15 @@ def _slab(block: RowBlock, height: int) -> RowBlock:
     return max(block[0] - 1, 0), min(block[1] + 1, height)
 
 
+def _conv_backward(grad_out: Tensor, inputs: Tensor, weight: Tensor, padding: int, groups: int,
+                   output_mask: List[bool]) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of a stride-1 convolution for its input, weight and bias, as ``output_mask`` asks."""
+    return torch.ops.aten.convolution_backward(
+        grad_out, inputs, weight, [weight.shape[0]] if output_mask[2] else None, stride=[1, 1],
+        padding=[padding, padding], dilation=[1, 1], transposed=False, output_padding=[0, 0], groups=groups,
+        output_mask=output_mask)
+
+
 def _forward_blocks(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], dw_weight: Tensor,
                     dw_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor], kind: str,
                     approximate: str, blocks: Sequence[RowBlock], keep: bool) -> Tuple[Tensor, List[Tensor]]:
@@ -110,7 +119,6 @@ class RowBlockedMixFFN(torch.autograd.Function):
                                      approximate, blocks, keep=True)
         ctx.save_for_backward(x, fc1_weight, dw_weight, fc2_weight, *saved)
         ctx.blocks, ctx.kind, ctx.approximate = list(blocks), kind, approximate
-        ctx.has_bias = (fc1_bias is not None, dw_bias is not None, fc2_bias is not None)
         return out
 
     @staticmethod
@@ -127,15 +135,12 @@ class RowBlockedMixFFN(torch.autograd.Function):
             if value is not None:
                 sums[index] = value if sums[index] is None else sums[index].add_(value)
 
-        conv = dict(stride=[1, 1], dilation=[1, 1], transposed=False, output_padding=[0, 0])
         for block_index, block in enumerate(ctx.blocks):
             hidden, mixed, activated = saved[3 * block_index:3 * block_index + 3]
             slab = _slab(block, height)
             inner = slice(block[0] - slab[0], block[1] - slab[0])
-            grad_activated, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out[:, :, block[0]:block[1]], activated, fc2_weight,
-                [fc2_weight.shape[0]] if ctx.has_bias[2] else None, padding=[0, 0], groups=1,
-                output_mask=[True, needs_fc2_w, needs_fc2_b], **conv)
+            grad_activated, grad_w, grad_b = _conv_backward(grad_out[:, :, block[0]:block[1]], activated, fc2_weight,
+                                                            0, 1, [True, needs_fc2_w, needs_fc2_b])
             accumulate(4, grad_w), accumulate(5, grad_b)
             # The halo rows of the depth-wise output belong to the neighbouring blocks: zero gradient here.
             grad_mixed = torch.empty_like(mixed)
@@ -149,15 +154,12 @@ class RowBlockedMixFFN(torch.autograd.Function):
                 torch.ops.aten.threshold_backward.grad_input(grad_activated, activated, 0,
                                                              grad_input=grad_mixed[:, :, inner])
             del grad_activated
-            grad_hidden, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_mixed, hidden, dw_weight, [hidden_channels] if ctx.has_bias[1] else None,
-                padding=[1, 1], groups=hidden_channels, output_mask=[True, needs_dw_w, needs_dw_b], **conv)
+            grad_hidden, grad_w, grad_b = _conv_backward(grad_mixed, hidden, dw_weight, 1, hidden_channels,
+                                                         [True, needs_dw_w, needs_dw_b])
             accumulate(2, grad_w), accumulate(3, grad_b)
             del grad_mixed
-            grad_slab, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_hidden, x[:, :, slab[0]:slab[1]], fc1_weight,
-                [hidden_channels] if ctx.has_bias[0] else None, padding=[0, 0], groups=1,
-                output_mask=[needs_x, needs_fc1_w, needs_fc1_b], **conv)
+            grad_slab, grad_w, grad_b = _conv_backward(grad_hidden, x[:, :, slab[0]:slab[1]], fc1_weight, 0, 1,
+                                                       [needs_x, needs_fc1_w, needs_fc1_b])
             accumulate(0, grad_w), accumulate(1, grad_b)
             if needs_x:
                 grad_x[:, :, slab[0]:slab[1]] += grad_slab
