@@ -45,3 +45,16 @@ def test_align_corners_changes_the_fuse_upsampling():
 def test_bad_align_corners_is_refused():
     with pytest.raises(ValueError, match="align_corners must be True or False, got 'yes'"):
         HRNet(EXTRA, align_corners='yes')
+
+
+@pytest.mark.parametrize('multiscale_output', [True, False])
+def test_stages_are_built_as_mmseg_builds_them(multiscale_output):
+    reference = MMSegHRNet(EXTRA, multiscale_output=multiscale_output, zero_init_residual=True)
+    backbone = HRNet(EXTRA, multiscale_output=multiscale_output, zero_init_residual=True)
+    for name in ('stage2', 'stage3', 'stage4'):
+        ours, theirs = getattr(backbone, name), getattr(reference, name)
+        assert [type(module) for module in ours] == [PluginHRModule] * len(theirs)
+        assert ([(m.num_branches, m.multiscale_output, m.in_channels, m.block_init_cfg) for m in ours]
+                == [(m.num_branches, m.multiscale_output, m.in_channels, m.block_init_cfg) for m in theirs])
+    assert {k: v.shape for k, v in backbone.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}

@@ -13,10 +13,11 @@ more argument, ``align_corners``:
 * ``False`` (default): mmseg's numerics exactly; the second resize is skipped when it is a no-op;
 * ``True``: the authors' numerics (one bilinear resize to the target size, corners aligned).
 """
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.model import Sequential
 from mmseg.models.backbones.hrnet import HRModule
 from mmseg.models.backbones.hrnet import HRNet as MMSegHRNet
 from mmseg.models.utils import Upsample
@@ -30,11 +31,17 @@ __all__ = ['HRNet', 'PluginHRModule']
 class PluginHRModule(HRModule):
     """``HRModule`` whose fuse-layer upsampling follows ``align_corners``.
 
-    Instances are mmseg ``HRModule`` objects whose class :class:`HRNet` switches to this one after
-    building them, so their submodules and state-dict keys are mmseg's.
+    Built by :meth:`HRNet._make_stage` with mmseg's arguments, so its submodules and state-dict keys are
+    mmseg's.
+
+    Args:
+        *args, **kwargs: mmseg ``HRModule`` arguments.
+        align_corners: ``True`` for the authors' single resize, ``False`` for mmseg's upsampling.
     """
 
-    align_corners: bool = False
+    def __init__(self, *args, align_corners: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.align_corners = align_corners
 
     def _upsampled(self, lateral: nn.Sequential, feature: Tensor, size: Sequence[int]) -> Tensor:
         """Run a ``j > i`` fuse path (1x1 conv, BN, upsample) and bring it to ``size``."""
@@ -80,13 +87,32 @@ class HRNet(MMSegHRNet):
     """
 
     def __init__(self, extra: dict, align_corners: bool = False, **kwargs) -> None:
-        super().__init__(extra, **kwargs)
         if not isinstance(align_corners, bool):
             raise ValueError(f'align_corners must be True or False, got {align_corners!r}')
+        # Set first: mmseg's constructor calls _make_stage, which reads it, for stages 2-4.
         self.align_corners = align_corners
-        for stage in (self.stage2, self.stage3, self.stage4):
-            for module in stage:
-                if type(module) is not HRModule:
-                    raise TypeError(f'expected mmseg HRModule stages, found {type(module).__name__}')
-                module.__class__ = PluginHRModule
-                module.align_corners = align_corners
+        super().__init__(extra, **kwargs)
+
+    def _make_stage(self, layer_config: dict, in_channels: List[int],
+                    multiscale_output: bool = True) -> Tuple[Sequential, List[int]]:
+        """mmseg's stage of ``num_modules`` fuse modules, built as :class:`PluginHRModule`.
+
+        Same arguments, modules and returned channels as mmseg's ``HRNet._make_stage``. Its zero-init
+        residual ``block_init_cfg`` applies only to modules without ``init_cfg``, which every
+        ``BaseModule`` has, so mmseg passes none; neither does this.
+        """
+        num_modules = layer_config['num_modules']
+        modules = [
+            PluginHRModule(
+                layer_config['num_branches'],
+                self.blocks_dict[layer_config['block']],
+                layer_config['num_blocks'],
+                in_channels,  # updated in place by the modules to their output channels
+                layer_config['num_channels'],
+                multiscale_output or index < num_modules - 1,  # only the last module may drop scales
+                with_cp=self.with_cp,
+                norm_cfg=self.norm_cfg,
+                conv_cfg=self.conv_cfg,
+                align_corners=self.align_corners) for index in range(num_modules)
+        ]
+        return Sequential(*modules), in_channels
