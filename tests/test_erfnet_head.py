@@ -14,7 +14,7 @@ from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
 from mmseg_ext.models.backbones.erfnet import ERFNet
-from mmseg_ext.models.decode_heads.class_weighted_ce_loss import ClassWeightedCrossEntropyLoss
+from mmseg_ext.models.losses.class_weighted_ce_loss import ClassWeightedCrossEntropyLoss
 from mmseg_ext.models.decode_heads.erfnet_head import ERFNetHead
 from mmseg_ext.registry import MODELS
 

@@ -2,4 +2,3 @@
 from .ocr_head import OCRHead  # noqa: F401
 from .erfnet_head import ERFNetHead  # noqa: F401
 from .segformer_head import SegformerHead  # noqa: F401
-from .class_weighted_ce_loss import ClassWeightedCrossEntropyLoss  # noqa: F401

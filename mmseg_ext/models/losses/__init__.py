@@ -1,0 +1,2 @@
+"""Plugin losses."""
+from .class_weighted_ce_loss import ClassWeightedCrossEntropyLoss  # noqa: F401
