@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_tool, write_tiny_config
-from mmseg_ext.checkpoint import load_checkpoint_file
+from mmseg_ext.safe_unpickler import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 Flags and flow follow mmseg 1.x's ``tools/train.py``; in addition ``--resume`` takes an optional path,
 the data roots and files are checked before the runner starts, and checkpoints load safely on
-torch >= 2.6 (see :mod:`mmseg_ext.checkpoint`).
+torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`).
 
 Examples::
 

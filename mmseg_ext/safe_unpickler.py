@@ -1,4 +1,4 @@
-"""Safe checkpoint loading for mmengine on torch >= 2.6.
+"""Safe checkpoint loading for mmengine on torch >= 2.6: a restricted unpickler with mmengine's types allowed.
 
 torch 2.6 made ``torch.load`` default to ``weights_only=True``. mmengine 0.10.7 calls it without the
 argument, so checkpoints its own runner wrote fail to load: besides tensors they pickle
