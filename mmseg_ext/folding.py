@@ -3,14 +3,17 @@
 :func:`fuse_conv_bn` lets plugin modules that know how to fold themselves do so (they define a
 ``fold_bn()`` method, see :class:`FoldsOwnBatchNorm`) and hands every other layer to
 ``mmcv.cnn.fuse_conv_bn``, so mixed models (a plugin backbone with an mmseg head, mmseg models with
-plugin blocks inside) are folded in one call.
+plugin blocks inside) are folded in one call. The per-layer maths those modules use
+(:func:`fold_bn_into_conv`, which also folds a slice of a norm's channels) lives here too.
 """
-from typing import List, Protocol, Tuple, runtime_checkable
+from typing import List, Optional, Protocol, Tuple, Union, runtime_checkable
 
+import torch
 import torch.nn as nn
 from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
+from torch import Tensor
 
-__all__ = ['FoldsOwnBatchNorm', 'fuse_conv_bn']
+__all__ = ['FoldsOwnBatchNorm', 'fuse_conv_bn', 'fold_bn_into_conv', 'bn_scale_and_shift', 'is_foldable_bn']
 
 
 @runtime_checkable
@@ -68,3 +71,56 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     for _, _, child in detached:
         child.fold_bn()
     return model
+
+
+def is_foldable_bn(module: nn.Module) -> bool:
+    """Whether ``module`` is a batch norm with running statistics to fold."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            and module.running_mean is not None and module.running_var is not None)
+
+
+def bn_scale_and_shift(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` in eval mode."""
+    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
+    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(inv_std)
+    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv_std)
+    scale = weight * inv_std
+    shift = bias - bn.running_mean.double() * scale
+    return scale, shift
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: Union[nn.Conv2d, nn.ConvTranspose2d], bn: nn.modules.batchnorm._BatchNorm,
+                      channels: Optional[slice] = None) -> None:
+    """Fold the eval-mode batch norm ``bn`` (or its ``channels`` slice) into ``conv`` in place.
+
+    Args:
+        conv: Convolution whose output feeds ``bn``; gets a bias if it had none.
+        bn: Batch norm with running statistics.
+        channels: The slice of ``bn``'s channels that ``conv`` produces (all channels when None).
+
+    Raises:
+        ValueError: If the channel counts disagree or ``conv`` is a grouped transposed convolution.
+    """
+    scale, shift = bn_scale_and_shift(bn)
+    if channels is not None:
+        scale, shift = scale[channels], shift[channels]
+    out_channels = conv.out_channels
+    if scale.numel() != out_channels:
+        raise ValueError(f'cannot fold a batch norm over {scale.numel()} channels into a convolution '
+                         f'with {out_channels} output channels')
+    weight = conv.weight.double()
+    if isinstance(conv, nn.ConvTranspose2d):
+        if conv.groups != 1:
+            raise ValueError(f'folding into a grouped transposed convolution (groups={conv.groups}) '
+                             'is not supported')
+        weight = weight * scale.view(1, -1, 1, 1)  # weight is (in, out, kh, kw)
+    else:
+        weight = weight * scale.view(-1, 1, 1, 1)  # weight is (out, in / groups, kh, kw)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    bias = bias * scale + shift
+    conv.weight.copy_(weight.to(conv.weight.dtype))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(bias.to(conv.bias.dtype))

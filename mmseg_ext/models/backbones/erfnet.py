@@ -26,6 +26,7 @@ from mmseg.models.backbones.erfnet import UpsamplerBlock as MMSegUpsamplerBlock
 from mmseg.models.utils import resize
 from torch import Tensor
 
+from mmseg_ext.folding import bn_scale_and_shift, fold_bn_into_conv, is_foldable_bn
 from mmseg_ext.registry import MODELS
 
 __all__ = ['ERFNet', 'ERFNetDownsamplerBlock', 'ERFNetNonBottleneck1d', 'ERFNetUpsamplerBlock',
@@ -53,59 +54,6 @@ def _inplace_act_cfg(act_cfg: dict) -> dict:
     if cfg.get('type') in _INPLACE_CAPABLE_ACTIVATIONS:
         cfg.setdefault('inplace', True)
     return cfg
-
-
-def _is_foldable_bn(module: nn.Module) -> bool:
-    """Whether ``module`` is a batch norm with running statistics to fold."""
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-            and module.running_mean is not None and module.running_var is not None)
-
-
-def _bn_scale_and_shift(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
-    """Per-channel ``(scale, shift)`` with ``bn(x) == x * scale + shift`` in eval mode."""
-    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
-    weight = bn.weight.double() if bn.weight is not None else torch.ones_like(inv_std)
-    bias = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv_std)
-    scale = weight * inv_std
-    shift = bias - bn.running_mean.double() * scale
-    return scale, shift
-
-
-@torch.no_grad()
-def fold_bn_into_conv(conv: Union[nn.Conv2d, nn.ConvTranspose2d], bn: nn.modules.batchnorm._BatchNorm,
-                      channels: Optional[slice] = None) -> None:
-    """Fold the eval-mode batch norm ``bn`` (or its ``channels`` slice) into ``conv`` in place.
-
-    Args:
-        conv: Convolution whose output feeds ``bn``; gets a bias if it had none.
-        bn: Batch norm with running statistics.
-        channels: The slice of ``bn``'s channels that ``conv`` produces (all channels when None).
-
-    Raises:
-        ValueError: If the channel counts disagree or ``conv`` is a grouped transposed convolution.
-    """
-    scale, shift = _bn_scale_and_shift(bn)
-    if channels is not None:
-        scale, shift = scale[channels], shift[channels]
-    out_channels = conv.out_channels
-    if scale.numel() != out_channels:
-        raise ValueError(f'cannot fold a batch norm over {scale.numel()} channels into a convolution '
-                         f'with {out_channels} output channels')
-    weight = conv.weight.double()
-    if isinstance(conv, nn.ConvTranspose2d):
-        if conv.groups != 1:
-            raise ValueError(f'folding into a grouped transposed convolution (groups={conv.groups}) '
-                             'is not supported')
-        weight = weight * scale.view(1, -1, 1, 1)  # weight is (in, out, kh, kw)
-    else:
-        weight = weight * scale.view(-1, 1, 1, 1)  # weight is (out, in / groups, kh, kw)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = bias * scale + shift
-    conv.weight.copy_(weight.to(conv.weight.dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
-    else:
-        conv.bias.copy_(bias.to(conv.bias.dtype))
 
 
 class ERFNetDownsamplerBlock(MMSegDownsamplerBlock):
@@ -167,10 +115,10 @@ class ERFNetDownsamplerBlock(MMSegDownsamplerBlock):
 
         Does nothing if already folded or if the norm is not a batch norm with running statistics.
         """
-        if self.bn_folded or not _is_foldable_bn(self.bn):
+        if self.bn_folded or not is_foldable_bn(self.bn):
             return
         conv_channels = self.conv.out_channels
-        scale, shift = _bn_scale_and_shift(self.bn)
+        scale, shift = bn_scale_and_shift(self.bn)
         dtype = self.conv.weight.dtype
         fold_bn_into_conv(self.conv, self.bn, channels=slice(0, conv_channels))
         device = self.conv.weight.device
@@ -237,7 +185,7 @@ class ERFNetNonBottleneck1d(MMSegNonBottleneck1d):
         """Fold every batch norm into the convolution before it (norms become ``nn.Identity``)."""
         layers = self.convs_layers
         for index in range(1, len(layers)):
-            if _is_foldable_bn(layers[index]) and isinstance(layers[index - 1], nn.Conv2d):
+            if is_foldable_bn(layers[index]) and isinstance(layers[index - 1], nn.Conv2d):
                 fold_bn_into_conv(layers[index - 1], layers[index])
                 layers[index] = nn.Identity()
 
@@ -268,7 +216,7 @@ class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
     @torch.no_grad()
     def fold_bn(self) -> None:
         """Fold the batch norm into the transposed conv (the norm becomes ``nn.Identity``)."""
-        if _is_foldable_bn(self.bn):
+        if is_foldable_bn(self.bn):
             fold_bn_into_conv(self.conv, self.bn)
             self.bn = nn.Identity()
 
