@@ -1,7 +1,8 @@
 # Data, evaluation and runtime for the embedded demo (`make demo`): the procedurally drawn street
 # scenes written by tools/make_demo_data.py in Cityscapes layout, read by mmseg's own
-# CityscapesDataset and scored by mmseg's IoUMetric. Model configs beside this file add the model,
-# optimizer and schedule.
+# CityscapesDataset and scored by mmseg's IoUMetric. The model's data preprocessor (ImageNet mean/std,
+# BGR->RGB, padding to the crop) is set here for every demo; model configs beside this file add the
+# rest of the model, the optimizer and the schedule.
 _base_ = ['mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py']
 
 data_root = 'data/demo_cityscapes'
@@ -34,6 +35,15 @@ val_dataloader = dict(
     persistent_workers=True,
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
+model = dict(
+    data_preprocessor=dict(
+        type='SegDataPreProcessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_val=0,
+        seg_pad_val=255,
+        size=crop_size))
 
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

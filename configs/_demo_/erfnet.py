@@ -13,17 +13,8 @@ class_weight = [
     7.8698215484619, 9.5168733596802, 10.373730659485, 6.6616044044495, 10.260489463806,
     10.287888526917, 10.289801597595, 10.405355453491, 10.138095855713
 ]
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size={{_base_.crop_size}})
 model = dict(
     type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
     backbone=dict(type='mmseg_ext.ERFNet', dropout_ratio=0.0),
     decode_head=dict(
         type='mmseg_ext.ERFNetHead',

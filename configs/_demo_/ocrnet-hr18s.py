@@ -8,23 +8,14 @@
 # Differences from the Cityscapes recipe, all for minutes of CPU training: half the demo resolution
 # (128x256 scenes), plain BN (one process), a narrower OCR head (128 mid / 64 key channels instead of
 # 512 / 256), AdamW with a short warm-up and poly decay. Data, evaluator and runtime: ./demo_dataset.py.
-_base_ = ['./demo_dataset.py']
+_base_ = ['./demo_dataset.py', '../_base_/models/ocr_cascade_heads.py']
 
 # Half the demo resolution: whole 128x256 scenes (HRNet's 1/4-resolution branch is then 32x64).
 train_dataloader = dict(batch_size=4)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size={{_base_.crop_size}})
 norm_cfg = dict(type='BN', requires_grad=True)
 branch_channels = [18, 36, 72, 144]
 model = dict(
     type='CascadeEncoderDecoder',
-    data_preprocessor=data_preprocessor,
     num_stages=2,
     backbone=dict(
         type='HRNet',
@@ -40,32 +31,9 @@ model = dict(
             stage4=dict(num_modules=2, num_branches=4, block='BASIC', num_blocks=(2, 2, 2, 2),
                         num_channels=(18, 36, 72, 144)))),
     decode_head=[
-        dict(
-            type='FCNHead',
-            in_channels=branch_channels,
-            in_index=(0, 1, 2, 3),
-            input_transform='resize_concat',
-            channels=sum(branch_channels),
-            kernel_size=1,
-            num_convs=1,
-            concat_input=False,
-            dropout_ratio=-1,
-            num_classes=19,
-            norm_cfg=norm_cfg,
-            align_corners=False,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-        dict(
-            type='mmseg_ext.OCRHead',
-            in_channels=branch_channels,
-            in_index=(0, 1, 2, 3),
-            input_transform='resize_concat',
-            channels=128,
-            ocr_channels=64,
-            dropout_ratio=-1,
-            num_classes=19,
-            norm_cfg=norm_cfg,
-            align_corners=False,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        dict(_base_.soft_region_head, in_channels=branch_channels, channels=sum(branch_channels),
+             norm_cfg=norm_cfg),
+        dict(_base_.ocr_head, in_channels=branch_channels, channels=128, ocr_channels=64, norm_cfg=norm_cfg),
     ],
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))

@@ -5,18 +5,9 @@
 # larger learning rate and a schedule of a few minutes on CPU. Data, evaluator and runtime: ./demo_dataset.py.
 _base_ = ['./demo_dataset.py']
 
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size={{_base_.crop_size}})
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
     backbone=dict(type='mmseg_ext.MixVisionTransformer', arch='b0', drop_path_rate=0.1),
     decode_head=dict(
         type='mmseg_ext.SegformerHead',

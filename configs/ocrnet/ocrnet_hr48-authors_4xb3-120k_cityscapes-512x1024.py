@@ -9,7 +9,10 @@
 # Recipe: 484 epochs of 2975 images at batch 12 = 120k iterations of 4 GPUs x 3 images; SGD lr 0.01,
 # momentum 0.9, weight decay 5e-4, poly decay (power 0.9) to 0; random rescale of the 2048x1024 base
 # size by 0.5-2.1, random 512x1024 crop, flip, no colour jitter; whole-image 1024x2048 testing.
-_base_ = ['mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py']
+_base_ = [
+    'mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py',
+    '../_base_/models/ocr_cascade_heads.py'
+]
 
 crop_size = (512, 1024)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
@@ -43,37 +46,19 @@ model = dict(
                         num_channels=(48, 96, 192, 384)))),
     decode_head=[
         # The authors' aux_head: soft object regions from the concatenated branches.
-        dict(
-            type='FCNHead',
-            in_channels=branch_channels,
-            in_index=(0, 1, 2, 3),
-            input_transform='resize_concat',
-            channels=sum(branch_channels),
-            kernel_size=1,
-            num_convs=1,
-            concat_input=False,
-            dropout_ratio=-1,
-            num_classes=19,
-            norm_cfg=norm_cfg,
-            align_corners=True,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
-                             avg_non_ignore=True)),
+        dict(_base_.soft_region_head, in_channels=branch_channels, channels=sum(branch_channels), align_corners=True,
+             loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4, avg_non_ignore=True)),
         # conv3x3_ocr + ocr_gather_head + ocr_distri_head + cls_head.
         dict(
-            type='mmseg_ext.OCRHead',
+            _base_.ocr_head,
             in_channels=branch_channels,
-            in_index=(0, 1, 2, 3),
-            input_transform='resize_concat',
             channels=512,  # MODEL.OCR.MID_CHANNELS
             ocr_channels=256,  # MODEL.OCR.KEY_CHANNELS
             scale=1,  # MODEL.OCR.SCALE
             gather_scale=1.0,
             dropout_ratio=0.05,  # MODEL.OCR.DROPOUT, right before the classifier as in their code
-            num_classes=19,
-            norm_cfg=norm_cfg,
             align_corners=True,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                             avg_non_ignore=True)),
+            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)),
     ],
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
