@@ -6,7 +6,8 @@ import torch
 from segformer_reference import NVlabsMiT, randomize_
 
 from mmseg_ext.models.backbones.mit import MixVisionTransformer
-from mmseg_ext.models.backbones.mit_checkpoint import extract_mit_encoder, load_mit_pretrained
+from mmseg_ext.converters.mit_layouts import extract_mit_encoder
+from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
 
 transformers = pytest.importorskip('transformers')
 

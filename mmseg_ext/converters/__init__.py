@@ -1,9 +1,11 @@
-"""Converters from published checkpoint layouts; each module registers its converters on import."""
+"""Converters from published checkpoint layouts.
+
+The built-in converters (one module per family) register themselves the first time the registry is
+asked (:func:`registered_converters`, :func:`detect_converter`), so importing one layout module (say
+:mod:`mmseg_ext.converters.mit_layouts` from the MiT backbone) does not import every family's models.
+"""
 from .base import (CheckpointConverter, ConversionResult, detect_converter, register_converter,
                    registered_converters, strip_prefixes)
 
 __all__ = ['CheckpointConverter', 'ConversionResult', 'detect_converter', 'register_converter',
            'registered_converters', 'strip_prefixes']
-from . import hrnet_ocr  # noqa: F401,E402  (registers the authors HRNet-OCR layout)
-from . import erfnet_authors  # noqa: F401,E402  (registers the ERFNet authors' layout)
-from . import segformer  # noqa: F401,E402  (registers the NVlabs and Hugging Face SegFormer layouts)

@@ -4,6 +4,7 @@ A converter recognises one published layout from its keys alone and maps it onto
 models. ``tools/convert_checkpoint.py`` tries every registered converter and refuses files that fit
 none or several, so adding a family means adding one module that calls :func:`register_converter`.
 """
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
@@ -49,6 +50,13 @@ class CheckpointConverter(ABC):
 
 
 _CONVERTERS: Dict[str, CheckpointConverter] = {}
+# Modules of this package that register the built-in layouts when imported.
+_BUILTIN_CONVERTER_MODULES = ('hrnet_ocr', 'erfnet_authors', 'segformer')
+
+
+def _import_builtin_converters() -> None:
+    for module in _BUILTIN_CONVERTER_MODULES:
+        importlib.import_module(f'{__package__}.{module}')  # registers on first import only
 
 
 def register_converter(converter: CheckpointConverter) -> CheckpointConverter:
@@ -62,7 +70,8 @@ def register_converter(converter: CheckpointConverter) -> CheckpointConverter:
 
 
 def registered_converters() -> Dict[str, CheckpointConverter]:
-    """All registered converters by name."""
+    """All registered converters by name, the built-in ones included."""
+    _import_builtin_converters()
     return dict(_CONVERTERS)
 
 
@@ -89,6 +98,7 @@ def detect_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConver
     Raises:
         ValueError: if no converter or more than one matches; the message lists the known formats.
     """
+    _import_builtin_converters()
     matching = [conv for conv in _CONVERTERS.values() if conv.matches(state_dict)]
     if len(matching) == 1:
         return matching[0]

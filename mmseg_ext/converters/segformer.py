@@ -1,6 +1,6 @@
 """SegFormer segmentation checkpoints of the NVlabs code and of Hugging Face ``transformers``.
 
-Layouts (decoder part; the encoder layouts are in :mod:`mmseg_ext.models.backbones.mit_checkpoint`)::
+Layouts (decoder part; the encoder layouts are in :mod:`mmseg_ext.converters.mit_layouts`)::
 
     NVlabs (mmseg 0.x based), under ``state_dict``:
         backbone.patch_embed{1-4}.* backbone.block{1-4}.* backbone.norm{1-4}.*   MiT encoder
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from mmseg_ext.checkpoint_io import register_hf_config_check
 from mmseg_ext.models.backbones.mit import MIT_ARCH_SETTINGS
-from mmseg_ext.models.backbones.mit_checkpoint import EncoderExtraction, extract_mit_encoder
+from mmseg_ext.converters.mit_layouts import EncoderExtraction, extract_mit_encoder
 from .base import CheckpointConverter, ConversionResult, register_converter
 
 __all__ = ['SegformerNVlabsConverter', 'SegformerHFConverter', 'infer_mit_arch', 'official_config',

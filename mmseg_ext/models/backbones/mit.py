@@ -35,7 +35,7 @@ from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_
 from torch import Tensor, nn
 
 from mmseg_ext.registry import MODELS
-from .mit_checkpoint import load_mit_pretrained
+from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
 from .mix_ffn_rows import RowBlock, plan_row_blocks, row_blocked_mix_ffn, supports_row_blocking
 
 __all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits']

@@ -12,19 +12,19 @@ Two other layouts are published:
 
 Both map to mmseg's layout by renaming, stacking q, k and v into ``in_proj_weight``/``in_proj_bias``
 (mmseg keeps ``nn.MultiheadAttention``'s layout) and reshaping Linear weights into 1x1 conv weights.
-The same functions serve the backbone's pretrained loading and ``tools/convert_checkpoint.py``.
+The same functions serve the backbone's pretrained loading (:mod:`mmseg_ext.models.utils.mit_pretrained`)
+and ``tools/convert_checkpoint.py``.
 """
-import os.path as osp
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'hf_to_mmseg_encoder',
-           'extract_mit_encoder', 'describe_key_mismatch', 'load_mit_pretrained']
+           'extract_mit_encoder', 'describe_key_mismatch']
 
 StateDict = Dict[str, Tensor]
 
@@ -250,70 +250,6 @@ def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Seque
     if extra:
         parts.append(f'It has {len(extra)} key(s) the model does not have: {_sample(extra)}.')
     return ' '.join(parts) if parts else 'Its keys match the model.'
-
-
-def load_mit_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str] = None,
-                        map_location: Optional[str] = 'cpu') -> EncoderExtraction:
-    """Load a pretrained MiT encoder of any published layout into ``model`` (strictly).
-
-    Args:
-        model: A MixVisionTransformer (mmseg's or this plugin's; their keys are the same).
-        checkpoint: A ``.pth`` file or URL, a ``.safetensors`` file, or a Hugging Face model directory.
-        prefix: Optional sub-module prefix to take from the checkpoint first (e.g. ``'backbone.'``),
-            as in mmengine's ``Pretrained`` init; the layout is detected either way.
-        map_location: Device the checkpoint is read onto.
-
-    Returns:
-        What was found; ``dropped`` lists head keys that were ignored.
-
-    Raises:
-        ValueError: if the checkpoint is in no known layout, or its encoder does not fit ``model``
-            (the message names missing, unexpected and mis-shaped keys).
-    """
-    from mmseg_ext.checkpoint_io import read_checkpoint, read_hf_config, unwrap_state_dict
-
-    if osp.isdir(checkpoint) or checkpoint.endswith('.safetensors'):
-        _check_hf_config_fits(read_hf_config(checkpoint), model, checkpoint)
-    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location=map_location))
-    state_dict = _strip_wrapper_prefix(state_dict)
-    if prefix:
-        selected = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-        if not selected:
-            raise ValueError(f"no key of {checkpoint} starts with prefix={prefix!r} "
-                             f'(first keys: {_sample(list(state_dict), 4)})')
-        state_dict = selected
-    target = model.state_dict()
-    try:
-        extraction = extract_mit_encoder(state_dict, expected_keys=list(target))
-    except ValueError as error:
-        raise ValueError(f'{checkpoint}: {error}') from None
-    converted = extraction.state_dict
-    mismatched = [f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}'
-                  for key, value in converted.items() if key in target and value.shape != target[key].shape]
-    if set(converted) != set(target) or extraction.unused or mismatched:
-        message = describe_key_mismatch(converted, list(target), extraction.unused)
-        if mismatched:
-            message += f' Shapes differ for {len(mismatched)} key(s): {"; ".join(mismatched[:4])}' + (
-                ' ...' if len(mismatched) > 4 else '') + ' (a different MiT variant?).'
-        raise ValueError(f'{checkpoint} holds a MiT encoder in the {extraction.layout} layout that does not '
-                         f'fit this model. {message}')
-    model.load_state_dict(converted, strict=True)
-    return extraction
-
-
-def _check_hf_config_fits(config: Optional[Mapping], model: nn.Module, checkpoint: str) -> None:
-    """Compare a Hugging Face SegFormer ``config.json`` with ``model``: attention heads and the like do not
-    show in the weights, so a mismatch there would load without error and compute something else."""
-    if not isinstance(config, Mapping) or config.get('model_type') != 'segformer':
-        return
-    expected = dict(num_attention_heads=list(model.num_heads), sr_ratios=list(model.sr_ratios),
-                    patch_sizes=list(model.patch_sizes), strides=list(model.strides),
-                    depths=list(model.num_layers), num_encoder_blocks=model.num_stages)
-    wrong = {name: (config[name], value) for name, value in expected.items()
-             if name in config and config[name] != value}
-    if wrong:
-        detail = '; '.join(f'{name}={got!r} (model: {want!r})' for name, (got, want) in wrong.items())
-        raise ValueError(f'{checkpoint}: its config.json describes another MiT than this model: {detail}')
 
 
 def _strip_wrapper_prefix(state_dict: Mapping[str, Tensor]) -> StateDict:

@@ -1,0 +1,1 @@
+"""Helpers shared by the plugin's models that are not models themselves."""
