@@ -13,12 +13,16 @@ register with :func:`register_hf_config_check`; ``tools/convert_checkpoint.py`` 
 """
 import json
 import os.path as osp
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ['read_checkpoint', 'read_hf_config', 'unwrap_state_dict', 'is_hf_model_dir', 'register_hf_config_check',
-           'check_hf_source_config']
+__all__ = ['read_checkpoint', 'read_state_dict', 'read_hf_config', 'unwrap_state_dict', 'strip_prefixes',
+           'sample_keys', 'is_hf_model_dir', 'register_hf_config_check', 'check_hf_source_config',
+           'BN_STATE_ENTRIES']
+
+#: The state-dict entries of a ``BatchNorm`` module, in PyTorch's order.
+BN_STATE_ENTRIES = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 # Hugging Face ``model_type`` -> check of a config.json's values that the weights alone do not show.
 _HF_CONFIG_CHECKS: Dict[str, Callable[[Mapping[str, Any]], None]] = {}
@@ -125,3 +129,35 @@ def unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
         if isinstance(inner, Mapping):
             return dict(inner)
     return dict(checkpoint)
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor],
+                   prefixes: Sequence[str] = ('module.', 'model.')) -> Dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (``nn.DataParallel``'s ``module.``, training wrappers' ``model.``).
+
+    A prefix is removed only when every key carries it, so a layout whose own keys start with
+    ``model.`` is not damaged; nested wrappers (``module.model.``) are removed one after the other.
+    """
+    result = dict(state_dict)
+    changed = True
+    while changed and result:
+        changed = False
+        for prefix in prefixes:
+            if all(key.startswith(prefix) for key in result):
+                result = {key[len(prefix):]: value for key, value in result.items()}
+                changed = True
+    return result
+
+
+def read_state_dict(source: str, map_location: Optional[str] = 'cpu') -> Dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file, URL or Hugging Face directory, unwrapped from its
+    ``state_dict``/``model`` entry and from wrapper prefixes: what every loader and converter starts from."""
+    return strip_prefixes(unwrap_state_dict(read_checkpoint(source, map_location=map_location)))
+
+
+def sample_keys(keys: Iterable[str], limit: int = 8, sort: bool = True) -> str:
+    """The first ``limit`` of ``keys`` (sorted, or in their own order, e.g. a network's), and how many
+    more there are, for messages."""
+    keys = sorted(keys) if sort else list(keys)
+    text = ', '.join(keys[:limit])
+    return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')

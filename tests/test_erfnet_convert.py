@@ -8,7 +8,8 @@ from erfnet_reference import (REPO_ROOT, AuthorsERFNet, build_segmentor, load_to
                               randomize_batch_norms)
 from mmengine.runner import load_checkpoint
 
-from mmseg_ext.converters import registered_converters, strip_prefixes
+from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.converters import registered_converters
 from mmseg_ext.converters.erfnet_authors import ERFNetAuthorsConverter
 
 convert_tool = load_tool('convert_checkpoint')

@@ -16,7 +16,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from mmseg_ext.converters import detect_converter, strip_prefixes
+from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.converters import detect_converter
 from mmseg_ext.converters.hrnet_ocr import AUTHORS_CONFIG, HRNetOCRConverter, infer_architecture
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

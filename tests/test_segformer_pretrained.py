@@ -188,3 +188,26 @@ def test_load_mit_pretrained_returns_what_it_found(hf_classifier):
     extraction = load_mit_pretrained(MixVisionTransformer(arch='b0'), str(path))
     assert (extraction.layout, extraction.prefix) == ('huggingface', 'segformer.')
     assert sorted(extraction.dropped) == ['classifier.bias', 'classifier.weight']
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda sd: {f'module.{k}': v for k, v in sd.items()},
+    lambda sd: {f'model.{k}': v for k, v in sd.items()},
+    lambda sd: {f'module.model.{k}': v for k, v in sd.items()},
+    lambda sd: {'state_dict': {f'model.{k}': v for k, v in sd.items()}, 'meta': {}},
+], ids=['module', 'model', 'module-model', 'state_dict-model'])
+def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs_imagenet, tmp_path, wrap):
+    """Every entry point unwraps a checkpoint with the same rules (mmseg_ext.checkpoint_io.read_state_dict)."""
+    import importlib.util
+    from conftest import TOOLS
+    path, reference = nvlabs_imagenet
+    plain = torch.load(path, weights_only=True)
+    wrapped = tmp_path / 'wrapped.pth'
+    torch.save(wrap(plain), wrapped)
+    expected = _pretrained(path).state_dict()
+    loaded = _pretrained(wrapped).state_dict()
+    assert all(torch.equal(loaded[key], expected[key]) for key in expected)
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', TOOLS / 'convert_checkpoint.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.strip_prefixes(tool.read_source(str(wrapped))).keys() == plain.keys()

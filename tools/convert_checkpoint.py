@@ -20,9 +20,8 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 import mmseg_ext
-from mmseg_ext.checkpoint_io import check_hf_source_config, read_checkpoint, unwrap_state_dict
-from mmseg_ext.converters import (CheckpointConverter, ConversionResult, detect_converter,
-                                  registered_converters, strip_prefixes)
+from mmseg_ext.checkpoint_io import check_hf_source_config, read_checkpoint, strip_prefixes, unwrap_state_dict
+from mmseg_ext.converters import CheckpointConverter, ConversionResult, detect_converter, registered_converters
 
 
 class ConversionError(Exception):

@@ -5,7 +5,7 @@ asked (:func:`registered_converters`, :func:`detect_converter`), so importing on
 :mod:`mmseg_ext.converters.mit_layouts` from the MiT backbone) does not import every family's models.
 """
 from .base import (CheckpointConverter, ConversionResult, detect_converter, register_converter,
-                   registered_converters, strip_prefixes)
+                   registered_converters)
 
 __all__ = ['CheckpointConverter', 'ConversionResult', 'detect_converter', 'register_converter',
-           'registered_converters', 'strip_prefixes']
+           'registered_converters']

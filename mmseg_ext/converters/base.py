@@ -11,8 +11,10 @@ from typing import Dict, List, Mapping
 
 import torch
 
+from mmseg_ext.checkpoint_io import sample_keys
+
 __all__ = ['CheckpointConverter', 'ConversionResult', 'register_converter', 'registered_converters',
-           'detect_converter', 'strip_prefixes']
+           'detect_converter']
 
 
 @dataclass
@@ -75,23 +77,6 @@ def registered_converters() -> Dict[str, CheckpointConverter]:
     return dict(_CONVERTERS)
 
 
-def strip_prefixes(state_dict: Mapping[str, torch.Tensor], prefixes=('module.', 'model.')) -> Dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (``nn.DataParallel``'s ``module.``, training wrappers' ``model.``).
-
-    A prefix is removed only when every key carries it, so a layout whose own keys start with
-    ``model.`` is not damaged.
-    """
-    result = dict(state_dict)
-    changed = True
-    while changed and result:
-        changed = False
-        for prefix in prefixes:
-            if all(key.startswith(prefix) for key in result):
-                result = {key[len(prefix):]: value for key, value in result.items()}
-                changed = True
-    return result
-
-
 def detect_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConverter:
     """The single registered converter whose layout ``state_dict`` is in.
 
@@ -104,7 +89,7 @@ def detect_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConver
         return matching[0]
     known = '\n'.join(f'  {conv.name}: {conv.description}' for conv in _CONVERTERS.values())
     if not matching:
-        sample = ', '.join(sorted(state_dict)[:8])
+        sample = sample_keys(state_dict)
         raise ValueError(f'the checkpoint fits none of the known layouts (first keys: {sample}).\n'
                          f'Known layouts:\n{known}')
     raise ValueError(f"the checkpoint fits several layouts: {', '.join(c.name for c in matching)}")

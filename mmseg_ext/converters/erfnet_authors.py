@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES, sample_keys
 from .base import CheckpointConverter, ConversionResult, register_converter
 
 __all__ = ['ERFNetAuthorsConverter', 'authors_erfnet_layout']
@@ -36,7 +37,6 @@ _DECODER_LAYERS: List[Tuple[str, int, int]] = (
 
 # the authors' non_bottleneck_1d names -> index in mmseg's NonBottleneck1d.convs_layers
 _BLOCK_PARTS = {'conv3x1_1': 0, 'conv1x3_1': 2, 'bn1': 3, 'conv3x1_2': 5, 'conv1x3_2': 7, 'bn2': 8}
-_BN_ENTRIES = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 
 def _conv_shapes(out_channels: int, in_channels: int, kernel: Tuple[int, int]) -> Dict[str, tuple]:
@@ -44,7 +44,7 @@ def _conv_shapes(out_channels: int, in_channels: int, kernel: Tuple[int, int]) -
 
 
 def _bn_shapes(channels: int) -> Dict[str, tuple]:
-    return {entry: (() if entry == 'num_batches_tracked' else (channels, )) for entry in _BN_ENTRIES}
+    return {entry: (() if entry == 'num_batches_tracked' else (channels, )) for entry in BN_STATE_ENTRIES}
 
 
 def _downsampler(prefix: str, target: str, in_channels: int, out_channels: int, layout: dict) -> None:
@@ -143,15 +143,15 @@ class ERFNetAuthorsConverter(CheckpointConverter):
         problems = []
         missing = [key for key in layout if key not in state_dict and not _is_optional(key)]
         if missing:
-            problems.append(f'{len(missing)} missing keys, e.g. {_sample(missing)}')
+            problems.append(f'{len(missing)} missing keys, e.g. {sample_keys(missing, 4, sort=False)}')
         unexpected = [key for key in state_dict if key not in layout]
         if unexpected:
-            problems.append(f'{len(unexpected)} unexpected keys, e.g. {_sample(unexpected)}')
+            problems.append(f'{len(unexpected)} unexpected keys, e.g. {sample_keys(unexpected, 4, sort=False)}')
         wrong = [f'{key} is {tuple(state_dict[key].shape)}, expected {shape}'
                  for key, (_, shape) in layout.items()
                  if key in state_dict and tuple(state_dict[key].shape) != shape]
         if wrong:
-            problems.append(f'{len(wrong)} keys with other shapes: {_sample(wrong)}')
+            problems.append(f'{len(wrong)} keys with other shapes: {sample_keys(wrong, 4, sort=False)}')
         if with_decoder and 'decoder.output_conv.weight' in state_dict and \
                 'encoder.output_conv.weight' in state_dict:
             encoder_outputs = int(state_dict['encoder.output_conv.weight'].shape[0])
@@ -208,11 +208,6 @@ class ERFNetAuthorsConverter(CheckpointConverter):
                      'evaluate at 1024x512; the config does the same.')
         return ConversionResult(state_dict=converted,
                                 config=FULL_CONFIG if with_decoder else ENCODER_CONFIG, notes=notes)
-
-
-def _sample(items: List[str], limit: int = 4) -> str:
-    shown = ', '.join(items[:limit])
-    return shown + (f' (+{len(items) - limit} more)' if len(items) > limit else '')
 
 
 register_converter(ERFNetAuthorsConverter())

@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
+from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES
 from .base import CheckpointConverter, ConversionResult, register_converter
 
 __all__ = ['HRNetOCRConverter', 'HRNetOCRArchitecture', 'AUTHORS_CONFIG']
@@ -30,7 +31,6 @@ AUTHORS_CONFIG = 'configs/ocrnet/ocrnet_hr48-authors_4xb3-120k_cityscapes-512x10
 
 _BACKBONE_PREFIXES = ('conv1.', 'bn1.', 'conv2.', 'bn2.', 'layer1.', 'transition1.', 'transition2.',
                       'transition3.', 'stage2.', 'stage3.', 'stage4.')
-_BN_BUFFERS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 _OCR = 'ocr_distri_head.'
 _OCB = _OCR + 'object_context_block.'
 _HEAD = 'decode_head.1.'
@@ -175,7 +175,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> HRNetOCRArchit
 def _copy_bn(state_dict: Mapping[str, torch.Tensor], source: str, target: str,
              out: Dict[str, torch.Tensor], used: set, conv_bias: torch.Tensor = None) -> None:
     """Copy BN ``source`` to ``target``, folding a preceding conv's bias into the running mean."""
-    for name in _BN_BUFFERS:
+    for name in BN_STATE_ENTRIES:
         key = f'{source}.{name}'
         if key in state_dict:
             value = state_dict[key]

@@ -23,8 +23,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mmseg_ext.checkpoint_io import sample_keys
+
 __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'hf_to_mmseg_encoder',
-           'extract_mit_encoder', 'describe_key_mismatch']
+           'extract_mit_encoder', 'describe_key_mismatch', 'linear_to_conv1x1']
 
 StateDict = Dict[str, Tensor]
 
@@ -43,7 +45,8 @@ def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequ
             unused.extend(names[(stage, block, param, name)] for name in pieces)
 
 
-def _linear_to_conv1x1(weight: Tensor) -> Tensor:
+def linear_to_conv1x1(weight: Tensor) -> Tensor:
+    """A ``Linear`` weight ``(out, in)`` as the weight ``(out, in, 1, 1)`` of the equivalent 1x1 conv."""
     return weight.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else weight
 
 
@@ -59,11 +62,11 @@ _NVLABS_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Ten
     (r'block(\d+)\.(\d+)\.attn\.(sr|norm)\.(weight|bias)',
      lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.attn.{m[3]}.{m[4]}', lambda t: t),
     (r'block(\d+)\.(\d+)\.mlp\.fc1\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.0.{m[3]}', _linear_to_conv1x1),
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.0.{m[3]}', linear_to_conv1x1),
     (r'block(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
      lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
     (r'block(\d+)\.(\d+)\.mlp\.fc2\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.4.{m[3]}', _linear_to_conv1x1),
+     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.4.{m[3]}', linear_to_conv1x1),
     (r'norm(\d+)\.(weight|bias)', lambda m: f'layers.{int(m[1]) - 1}.2.{m[2]}', lambda t: t),
 ]
 _NVLABS_QKV = re.compile(r'block(\d+)\.(\d+)\.attn\.(q|kv)\.(weight|bias)')
@@ -82,11 +85,11 @@ _HF_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]
     (r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.layer_norm\.(weight|bias)',
      lambda m: f'layers.{m[1]}.1.{m[2]}.attn.norm.{m[3]}', lambda t: t),
     (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense1\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.0.{m[3]}', _linear_to_conv1x1),
+     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.0.{m[3]}', linear_to_conv1x1),
     (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
      lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
     (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense2\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.4.{m[3]}', _linear_to_conv1x1),
+     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.4.{m[3]}', linear_to_conv1x1),
     (r'encoder\.layer_norm\.(\d+)\.(weight|bias)', lambda m: f'layers.{m[1]}.2.{m[2]}', lambda t: t),
 ]
 _HF_QKV = re.compile(r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)')
@@ -232,12 +235,6 @@ def extract_mit_encoder(state_dict: Mapping[str, Tensor],
                      f'{detail}')
 
 
-def _sample(keys: Sequence[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    text = ', '.join(keys[:limit])
-    return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Sequence[str],
                           unused: Sequence[str] = ()) -> str:
     """A sentence naming the keys ``state_dict`` lacks and has in excess compared with ``expected_keys``."""
@@ -246,15 +243,7 @@ def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Seque
     extra = sorted(set(state_dict) - expected) + sorted(unused)
     parts = []
     if missing:
-        parts.append(f'It lacks {len(missing)} key(s) the model needs: {_sample(missing)}.')
+        parts.append(f'It lacks {len(missing)} key(s) the model needs: {sample_keys(missing)}.')
     if extra:
-        parts.append(f'It has {len(extra)} key(s) the model does not have: {_sample(extra)}.')
+        parts.append(f'It has {len(extra)} key(s) the model does not have: {sample_keys(extra)}.')
     return ' '.join(parts) if parts else 'Its keys match the model.'
-
-
-def _strip_wrapper_prefix(state_dict: Mapping[str, Tensor]) -> StateDict:
-    """Remove ``module.`` (DataParallel) when every key carries it."""
-    result = dict(state_dict)
-    while result and all(key.startswith('module.') for key in result):
-        result = {key[len('module.'):]: value for key, value in result.items()}
-    return result

@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 from torch import Tensor
 
-from mmseg_ext.checkpoint_io import register_hf_config_check
+from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES, register_hf_config_check
 from mmseg_ext.models.backbones.mit import MIT_ARCH_SETTINGS
-from mmseg_ext.converters.mit_layouts import EncoderExtraction, extract_mit_encoder
+from mmseg_ext.converters.mit_layouts import EncoderExtraction, extract_mit_encoder, linear_to_conv1x1
 from .base import CheckpointConverter, ConversionResult, register_converter
 
 __all__ = ['SegformerNVlabsConverter', 'SegformerHFConverter', 'infer_mit_arch', 'official_config',
@@ -42,7 +42,6 @@ DATASET_CONFIGS = {19: ('Cityscapes', '8xb1-160k_cityscapes-1024x1024'), 150: ('
 _PUBLISHED = dict(num_attention_heads=[1, 2, 5, 8], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
                   sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4], num_channels=3, num_encoder_blocks=4,
                   hidden_act='gelu')
-_BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
 
 def official_config(arch: str, num_classes: int) -> str:
@@ -105,10 +104,6 @@ def check_hf_segformer_config(config: Mapping[str, Any]) -> None:
 register_hf_config_check('segformer', check_hf_segformer_config)
 
 
-def _linear_to_conv1x1(weight: Tensor) -> Tensor:
-    return weight.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else weight
-
-
 class _SegformerConverter(CheckpointConverter):
     """Shared conversion: encoder through the shared key mapping, decoder through ``_decoder_map``."""
 
@@ -156,7 +151,7 @@ class _SegformerConverter(CheckpointConverter):
         for key, value in decoder.items():
             if key in mapping:
                 target, reshape = mapping[key]
-                converted[f'decode_head.{target}'] = _linear_to_conv1x1(value) if reshape else value
+                converted[f'decode_head.{target}'] = linear_to_conv1x1(value) if reshape else value
             elif key not in self.ignored_decoder_keys:
                 raise ValueError(f'unknown decoder key {self.decoder_prefix}{key}')
         dropped = [self.decoder_prefix + key for key in self.ignored_decoder_keys if key in decoder]
@@ -205,7 +200,7 @@ class SegformerNVlabsConverter(_SegformerConverter):
             for param in ('weight', 'bias'):
                 mapping[f'linear_c{stage + 1}.proj.{param}'] = (f'convs.{stage}.conv.{param}', True)
         mapping['linear_fuse.conv.weight'] = ('fusion_conv.conv.weight', False)
-        for param in _BN_KEYS:
+        for param in BN_STATE_ENTRIES:
             mapping[f'linear_fuse.bn.{param}'] = (f'fusion_conv.bn.{param}', False)
         mapping['linear_pred.weight'] = ('conv_seg.weight', False)
         mapping['linear_pred.bias'] = ('conv_seg.bias', False)
@@ -233,7 +228,7 @@ class SegformerHFConverter(_SegformerConverter):
             for param in ('weight', 'bias'):
                 mapping[f'linear_c.{stage}.proj.{param}'] = (f'convs.{stage}.conv.{param}', True)
         mapping['linear_fuse.weight'] = ('fusion_conv.conv.weight', False)
-        for param in _BN_KEYS:
+        for param in BN_STATE_ENTRIES:
             mapping[f'batch_norm.{param}'] = (f'fusion_conv.bn.{param}', False)
         mapping['classifier.weight'] = ('conv_seg.weight', False)
         mapping['classifier.bias'] = ('conv_seg.bias', False)

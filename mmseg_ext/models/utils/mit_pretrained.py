@@ -8,9 +8,8 @@ from typing import Mapping, Optional
 
 from torch import nn
 
-from mmseg_ext.checkpoint_io import read_checkpoint, read_hf_config, unwrap_state_dict
-from mmseg_ext.converters.mit_layouts import (EncoderExtraction, _sample, _strip_wrapper_prefix,
-                                              describe_key_mismatch, extract_mit_encoder)
+from mmseg_ext.checkpoint_io import read_hf_config, read_state_dict, sample_keys
+from mmseg_ext.converters.mit_layouts import EncoderExtraction, describe_key_mismatch, extract_mit_encoder
 
 __all__ = ['load_mit_pretrained']
 
@@ -35,13 +34,12 @@ def load_mit_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str]
     """
     if osp.isdir(checkpoint) or checkpoint.endswith('.safetensors'):
         _check_hf_config_fits(read_hf_config(checkpoint), model, checkpoint)
-    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location=map_location))
-    state_dict = _strip_wrapper_prefix(state_dict)
+    state_dict = read_state_dict(checkpoint, map_location=map_location)
     if prefix:
         selected = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
         if not selected:
             raise ValueError(f"no key of {checkpoint} starts with prefix={prefix!r} "
-                             f'(first keys: {_sample(list(state_dict), 4)})')
+                             f'(first keys: {sample_keys(state_dict, 4)})')
         state_dict = selected
     target = model.state_dict()
     try:
