@@ -1,20 +1,13 @@
-"""Test helpers for the ERFNet family.
+"""The ERFNet authors' network, re-created for tests.
 
 ``AuthorsERFNet`` re-creates the network of the ERFNet authors' code (github.com/Eromera/erfnet_pytorch)
 from its documented structure: the same module names (hence checkpoint keys), layer order and batch-norm
 epsilon, so converted checkpoints can be checked against it without downloading anything.
 """
-import importlib.util
-import os.path as osp
-from types import ModuleType
-from typing import Iterator, Optional
-
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 AUTHORS_EPS = 1e-3
 
 
@@ -116,68 +109,3 @@ class AuthorsERFNet(nn.Module):
         if only_encode:
             return self.encoder(x, predict=True)
         return self.decoder(self.encoder(x))
-
-
-def batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
-    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-
-
-@torch.no_grad()
-def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every batch norm non-trivial affine parameters and running statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    for bn in batch_norms(model):
-        shape = bn.running_mean.shape
-        bn.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
-        bn.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.25)
-        if bn.weight is not None:
-            bn.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
-            bn.bias.copy_(torch.randn(shape, generator=generator) * 0.2)
-        bn.num_batches_tracked.fill_(1000)
-    return model
-
-
-def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` (tools/ is not a package)."""
-    path = osp.join(REPO_ROOT, 'tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, f'shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}'
-    return float((a - b).abs().max())
-
-
-def mmseg_config_path(relative: str) -> str:
-    """Path of a config shipped inside the installed mmseg package (``mmseg::relative``)."""
-    import mmseg
-    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', relative)
-
-
-def build_segmentor(config_path: str, cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build the segmentor of a config file in mmseg's default scope."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    cfg = Config.fromfile(config_path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope('mmseg')
-    return MODELS.build(cfg.model)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def single_torch_thread():
-    """Run a test module's work on one intra-op thread.
-
-    On a machine whose cores are shared with other busy processes, every multi-threaded op waits for a
-    descheduled OpenMP thread and small forwards take seconds instead of milliseconds.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -317,25 +317,3 @@ class HighResolutionNetOCR(nn.Module):
         context = self.ocr_gather_head(feats, out_aux)
         feats = self.ocr_distri_head(feats, context)
         return [out_aux, self.cls_head(feats)]
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter and BN statistic non-trivial values, then switch to eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                channels = module.num_features
-                module.weight.copy_(0.3 + 0.5 * torch.rand(channels, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
-                module.running_mean.copy_(0.2 * torch.randn(channels, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
-                module.num_batches_tracked.fill_(7)
-            elif isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) *
-                                    (2.0 / fan_in)**0.5)
-                if module.bias is not None:
-                    module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-    model.eval()  # some mmseg modules' train() returns None
-    return model

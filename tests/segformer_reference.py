@@ -180,26 +180,3 @@ class NVlabsSegFormer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits at 1/4 of the input resolution."""
         return self.decode_head(self.backbone.forward_features(x))
-
-
-def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter and norm statistic non-trivial random values (in place).
-
-    Matrices and kernels: N(0, 1/fan_in); 1-D weights (norm scales): 1 + N(0, 0.2^2); biases and running
-    means: N(0, 0.1^2); running variances: U(0.5, 1.5).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith('running_var'):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            elif tensor.dim() > 1:
-                tensor.copy_(noise / tensor[0].numel()**0.5)
-            elif name.endswith('weight'):
-                tensor.copy_(1 + 0.2 * noise)
-            else:
-                tensor.copy_(0.1 * noise)
-    return module

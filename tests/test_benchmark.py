@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_tool
+
 from mmseg_ext.benchmarking import Timing, peak_memory_mb, time_alternating, to_mmseg_config
+from utils import REPO, run_tool
 
 ERFNET_CONFIG = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
 

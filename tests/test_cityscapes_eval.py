@@ -3,8 +3,9 @@ import re
 
 import numpy as np
 import pytest
+from utils import run_tool
 
-from conftest import run_tool
+
 
 pytestmark = pytest.mark.slow
 csEval = pytest.importorskip('cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling')

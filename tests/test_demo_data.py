@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 from mmseg.datasets import CityscapesDataset
+from utils import REPO, run_tool
 
-from conftest import REPO, run_tool
+
 
 ALLOWED_IDS = {0, 1, 2, 5, 7, 8, 10, 11, 13, 255}
 

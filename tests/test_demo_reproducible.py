@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from utils import REPO, run_tool
 
-from conftest import REPO, run_tool
+
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,9 @@ import socket
 import pytest
 import torch
 
-from conftest import REPO, run_tool, write_tiny_config
+
 from mmseg_ext.safe_unpickler import load_checkpoint_file
+from utils import REPO, run_tool, write_tiny_config
 
 pytestmark = pytest.mark.slow
 

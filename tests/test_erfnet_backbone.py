@@ -7,10 +7,8 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from conftest import without_scope
-from erfnet_reference import single_torch_thread  # noqa: F401  (autouse fixture)
-from erfnet_reference import (REPO_ROOT, batch_norms, build_segmentor, max_abs_diff, mmseg_config_path,
-                              randomize_batch_norms)
+
+
 from mmengine.runner import load_checkpoint
 from mmengine.structures import PixelData
 from mmseg.models.backbones import ERFNet as MMSegERFNet
@@ -20,8 +18,9 @@ from mmseg_ext.models.backbones.erfnet import (ERFNet, ERFNetDownsamplerBlock, E
                                                ERFNetUpsamplerBlock)
 from mmseg_ext.models.decode_heads.erfnet_head import ERFNetHead
 from mmseg_ext.registry import MODELS
+from utils import REPO, batch_norms, build_segmentor, max_abs_diff, mmseg_config_path, randomize_batch_norms, without_scope
 
-FCN_CONFIG = osp.join(REPO_ROOT, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
+FCN_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
 MMSEG_FCN_CONFIG = mmseg_config_path('erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
 
 

@@ -3,14 +3,13 @@ import os.path as osp
 
 import pytest
 import torch
-from erfnet_reference import single_torch_thread  # noqa: F401  (autouse fixture)
-from erfnet_reference import (REPO_ROOT, AuthorsERFNet, build_segmentor, load_tool, max_abs_diff,
-                              randomize_batch_norms)
+from erfnet_reference import AuthorsERFNet
 from mmengine.runner import load_checkpoint
 
 from mmseg_ext.checkpoint_io import strip_prefixes
 from mmseg_ext.converters import registered_converters
 from mmseg_ext.converters.erfnet_authors import ERFNetAuthorsConverter
+from utils import REPO, build_segmentor, load_tool, max_abs_diff, randomize_batch_norms
 
 convert_tool = load_tool('convert_checkpoint')
 
@@ -37,7 +36,7 @@ def _image(height: int, width: int) -> torch.Tensor:
 
 
 def _segmentor_logits(config: str, checkpoint: str, image: torch.Tensor) -> torch.Tensor:
-    model = build_segmentor(osp.join(REPO_ROOT, config))
+    model = build_segmentor(osp.join(REPO, config))
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     model.eval()
     inputs = model.data_preprocessor(dict(inputs=[image]), False)['inputs']
@@ -64,7 +63,7 @@ def test_released_20_output_model_end_to_end(tmp_path, capsys):
     assert code == 0, err
     config = out[-1]
     assert config == 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py'
-    assert osp.isfile(osp.join(REPO_ROOT, config))
+    assert osp.isfile(osp.join(REPO, config))
     assert any('Output 19 was dropped' in line for line in out)
 
     saved = torch.load(destination, weights_only=True)
@@ -102,7 +101,7 @@ def test_encoder_only_checkpoint_uses_encoder_stage_config(tmp_path, capsys):
     assert out[-1] == 'configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py'
     image = _image(64, 64)
     expected = _authors_logits(authors, image, only_encode=True)  # 1/8 resolution
-    model = build_segmentor(osp.join(REPO_ROOT, out[-1]))
+    model = build_segmentor(osp.join(REPO, out[-1]))
     load_checkpoint(model, destination, map_location='cpu', strict=True)
     model.eval()
     inputs = model.data_preprocessor(dict(inputs=[image]), False)['inputs']

@@ -5,17 +5,17 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from erfnet_reference import single_torch_thread  # noqa: F401  (autouse fixture)
-from erfnet_reference import REPO_ROOT, batch_norms, build_segmentor, max_abs_diff, randomize_batch_norms
+
 from mmcv.cnn import ConvModule
 from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
 from mmseg.models.backbones import ERFNet as MMSegERFNet
 
 from mmseg_ext.folding import fuse_conv_bn
 from mmseg_ext.models.backbones.erfnet import ERFNet, ERFNetDownsamplerBlock
+from utils import REPO, batch_norms, build_segmentor, max_abs_diff, randomize_batch_norms
 
-FCN_CONFIG = osp.join(REPO_ROOT, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
-PAPER_CONFIG = osp.join(REPO_ROOT, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
+FCN_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
+PAPER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
 
 
 def _eval_segmentor(config: str, seed: int = 0) -> nn.Module:

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from erfnet_reference import single_torch_thread  # noqa: F401  (autouse fixture)
-from erfnet_reference import REPO_ROOT, build_segmentor
+
 from mmengine.config import Config
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
@@ -17,9 +16,10 @@ from mmseg_ext.models.backbones.erfnet import ERFNet
 from mmseg_ext.models.losses.class_weighted_ce_loss import ClassWeightedCrossEntropyLoss
 from mmseg_ext.models.decode_heads.erfnet_head import ERFNetHead
 from mmseg_ext.registry import MODELS
+from utils import REPO, build_segmentor
 
-PAPER_ENCODER_CONFIG = osp.join(REPO_ROOT, 'configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py')
-PAPER_CONFIG = osp.join(REPO_ROOT, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
+PAPER_ENCODER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py')
+PAPER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
 
 
 def _samples(labels: torch.Tensor):
@@ -96,8 +96,8 @@ def test_class_weighted_loss_errors():
         loss(torch.randn(1, 20, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize('config', sorted(glob.glob(osp.join(REPO_ROOT, 'configs/erfnet/*.py'))) +
-                         [osp.join(REPO_ROOT, 'configs/_demo_/erfnet.py')])
+@pytest.mark.parametrize('config', sorted(glob.glob(osp.join(REPO, 'configs/erfnet/*.py'))) +
+                         [osp.join(REPO, 'configs/_demo_/erfnet.py')])
 def test_configs_build_and_take_a_training_step(config):
     model = build_segmentor(config, dict(model=dict(data_preprocessor=dict(size=(48, 64)))))
     assert isinstance(model.backbone, ERFNet)

@@ -2,12 +2,12 @@
 import pytest
 import torch
 from torch import nn
-from segformer_reference import randomize_
 
 import mmseg_ext.models.backbones.mit as mit
 from mmseg_ext.models.backbones.mit import MixFFN
 from mmseg_ext.models.backbones.mix_ffn_rows import (GLIBC_MMAP_THRESHOLD_MAX, RowBlockedMixFFN, plan_row_blocks,
                                                      row_blocked_mix_ffn, supports_row_blocking)
+from utils import randomize_
 
 MIB = 2**20
 

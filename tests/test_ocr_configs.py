@@ -10,12 +10,12 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
-from conftest import without_scope
+
 
 from mmseg_ext.models.backbones.hrnet import HRNet as PluginHRNet
 from mmseg_ext.models.decode_heads.ocr_head import OCRHead
+from utils import REPO, without_scope
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'ocrnet', '*.py')))
 DEMO = osp.join(REPO, 'configs', '_demo_', 'ocrnet-hr18s.py')
 EXPECTED = {f'ocrnet_hr{arch}_4xb2-{sched}_cityscapes-512x1024.py'

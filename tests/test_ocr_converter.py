@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from hrnet_ocr_reference import TINY, W18_SMALL, HighResolutionNetOCR, randomise
+from hrnet_ocr_reference import TINY, W18_SMALL, HighResolutionNetOCR
 from mmengine.config import Config, ConfigDict
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
@@ -19,13 +19,13 @@ from mmseg.registry import MODELS
 from mmseg_ext.checkpoint_io import strip_prefixes
 from mmseg_ext.converters import detect_converter
 from mmseg_ext.converters.hrnet_ocr import AUTHORS_CONFIG, HRNetOCRConverter, infer_architecture
+from utils import REPO, randomize_conv_bn_
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def authors_network(stages=TINY, num_classes=5, mid_channels=16, key_channels=8, seed=0, **kwargs):
-    return randomise(HighResolutionNetOCR(stages, num_classes=num_classes, mid_channels=mid_channels,
-                                          key_channels=key_channels, **kwargs), seed=seed)
+    return randomize_conv_bn_(HighResolutionNetOCR(stages, num_classes=num_classes, mid_channels=mid_channels,
+                                          key_channels=key_channels, **kwargs), seed=seed, eval_mode=True)
 
 
 def build_plugin_model(model_cfg: dict) -> torch.nn.Module:

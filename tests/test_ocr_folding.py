@@ -6,7 +6,7 @@ import mmseg
 import pytest
 import torch
 import torch.nn as nn
-from hrnet_ocr_reference import TINY, HighResolutionNetOCR, randomise
+from hrnet_ocr_reference import TINY, HighResolutionNetOCR
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
@@ -14,8 +14,8 @@ from mmseg.registry import MODELS
 
 from mmseg_ext import fuse_conv_bn
 from mmseg_ext.converters.hrnet_ocr import infer_architecture
+from utils import REPO, randomize_conv_bn_
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
 
 
@@ -27,7 +27,7 @@ def build(model_cfg) -> nn.Module:
     init_default_scope('mmseg')
     model_cfg = copy.deepcopy(model_cfg)
     model_cfg.pop('pretrained', None)
-    return randomise(revert_sync_batchnorm(MODELS.build(model_cfg)), seed=11)
+    return randomize_conv_bn_(revert_sync_batchnorm(MODELS.build(model_cfg)), seed=11, eval_mode=True)
 
 
 def hr18s_model_cfg(config: str):
@@ -62,7 +62,7 @@ def test_every_bn_of_ocrnet_hr18s_is_folded(config):
 
 def test_converted_authors_model_folds():
     """The authors' numerics (mmseg_ext.HRNet with align_corners=True) survive folding."""
-    authors = randomise(HighResolutionNetOCR(TINY, num_classes=5, mid_channels=16, key_channels=8))
+    authors = randomize_conv_bn_(HighResolutionNetOCR(TINY, num_classes=5, mid_channels=16, key_channels=8), eval_mode=True)
     model = build(infer_architecture(authors.state_dict()).model_config())
     model.data_preprocessor = None
     image = torch.randn(2, 3, 72, 100, generator=torch.Generator().manual_seed(1))

@@ -4,12 +4,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hrnet_ocr_reference import ObjectAttentionBlock2D, randomise
+from hrnet_ocr_reference import ObjectAttentionBlock2D
 from mmengine.registry import init_default_scope
 from mmseg.models.decode_heads import OCRHead as MMSegOCRHead
 
 from mmseg_ext.models.decode_heads.ocr_head import ObjectAttentionBlock, OCRHead, SpatialGatherModule
 from mmseg_ext.registry import MODELS
+from utils import randomize_conv_bn_
 
 IN_CHANNELS = [4, 8, 16, 32]
 NUM_CLASSES = 7
@@ -34,7 +35,7 @@ def features(height: int = 16, width: int = 24, batch: int = 2, seed: int = 0):
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('size', [(16, 24), (13, 21)])
 def test_matches_mmseg_ocr_head(align_corners, size):
-    reference = randomise(MMSegOCRHead(**head_kwargs(align_corners=align_corners)), seed=1)
+    reference = randomize_conv_bn_(MMSegOCRHead(**head_kwargs(align_corners=align_corners)), seed=1, eval_mode=True)
     head = OCRHead(**head_kwargs(align_corners=align_corners))
     assert list(head.state_dict()) == list(reference.state_dict())
     head.load_state_dict(reference.state_dict(), strict=True)
@@ -56,7 +57,7 @@ def test_registered_and_built_from_config():
 
 
 def test_channels_last_input_gives_same_logits():
-    head = randomise(OCRHead(**head_kwargs()), seed=2)
+    head = randomize_conv_bn_(OCRHead(**head_kwargs()), seed=2, eval_mode=True)
     inputs, regions = features()
     with torch.no_grad():
         expected = head(inputs, regions)
@@ -91,7 +92,7 @@ def test_attention_runs_through_sdpa(monkeypatch):
 def test_scale_2_is_the_authors_pooled_attention(size):
     """scale=2: queries on the max-pooled map, object context upsampled back (authors' code)."""
     channels, key_channels = 24, 12
-    authors = randomise(ObjectAttentionBlock2D(channels, key_channels, scale=2, align_corners=True), seed=3)
+    authors = randomize_conv_bn_(ObjectAttentionBlock2D(channels, key_channels, scale=2, align_corners=True), seed=3, eval_mode=True)
     block = ObjectAttentionBlock(channels, key_channels, scale=2, align_corners=True,
                                  norm_cfg=dict(type='BN')).eval()
     mapping = {'f_pixel.0': 'query_project.0.conv', 'f_pixel.1.0': 'query_project.0.bn',
@@ -122,7 +123,7 @@ def test_scale_2_head_runs_where_mmseg_fails():
     broken = MMSegOCRHead(scale=2, **head_kwargs()).eval()
     with pytest.raises(RuntimeError):
         broken(inputs, regions)
-    head = randomise(OCRHead(scale=2, **head_kwargs()), seed=5)
+    head = randomize_conv_bn_(OCRHead(scale=2, **head_kwargs()), seed=5, eval_mode=True)
     head.load_state_dict(broken.state_dict(), strict=True)  # same keys whatever the scale
     with torch.no_grad():
         logits = head(inputs, regions)
@@ -184,7 +185,7 @@ def test_regions_of_another_size_are_refused():
 
 def test_training_mode_matches_mmseg_too():
     """In training mode (batch statistics) the head computes exactly what mmseg's computes."""
-    reference = randomise(MMSegOCRHead(**head_kwargs()), seed=7).train()
+    reference = randomize_conv_bn_(MMSegOCRHead(**head_kwargs()), seed=7, eval_mode=True).train()
     head = OCRHead(**head_kwargs())
     head.load_state_dict(reference.state_dict(), strict=True)
     head.train()

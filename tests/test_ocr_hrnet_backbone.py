@@ -1,10 +1,11 @@
 """mmseg_ext.HRNet: mmseg's HRNet (same keys) with the authors' align_corners fuse upsampling available."""
 import pytest
 import torch
-from hrnet_ocr_reference import randomise
+
 from mmseg.models.backbones import HRNet as MMSegHRNet
 
 from mmseg_ext.models.backbones.hrnet import HRNet, PluginHRModule
+from utils import randomize_conv_bn_
 
 EXTRA = dict(
     stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(8, )),
@@ -16,7 +17,7 @@ EXTRA = dict(
 
 @pytest.mark.parametrize('size', [(64, 128), (72, 100), (50, 70)])
 def test_default_is_mmseg_hrnet_exactly(size):
-    reference = randomise(MMSegHRNet(EXTRA))
+    reference = randomize_conv_bn_(MMSegHRNet(EXTRA), eval_mode=True)
     backbone = HRNet(EXTRA)
     assert list(backbone.state_dict()) == list(reference.state_dict())
     backbone.load_state_dict(reference.state_dict(), strict=True)
@@ -31,7 +32,7 @@ def test_default_is_mmseg_hrnet_exactly(size):
 
 
 def test_align_corners_changes_the_fuse_upsampling():
-    reference = randomise(MMSegHRNet(EXTRA))
+    reference = randomize_conv_bn_(MMSegHRNet(EXTRA), eval_mode=True)
     backbone = HRNet(EXTRA, align_corners=True)
     backbone.load_state_dict(reference.state_dict(), strict=True)
     backbone.eval()

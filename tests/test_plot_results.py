@@ -2,8 +2,9 @@
 import csv
 
 import pytest
+from utils import REPO, run_tool
 
-from conftest import REPO, run_tool
+
 
 DATA = REPO / 'docs' / 'published_cityscapes.csv'
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from utils import run_tool
 
-from conftest import run_tool
+
 
 pytest.importorskip('cityscapesscripts')
 

@@ -5,13 +5,14 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_tool
+
 from mmseg.models.backbones import MixVisionTransformer as MmsegMiT
-from segformer_reference import randomize_
+
 
 from mmseg_ext.models.backbones.mit import (MIT_ARCH_SETTINGS, EfficientSelfAttention, MixVisionTransformer,
                                            cpu_backward_query_splits)
 from mmseg_ext.registry import MODELS
+from utils import randomize_, run_tool
 
 ARCHS = list(MIT_ARCH_SETTINGS)
 

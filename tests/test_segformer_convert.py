@@ -1,31 +1,23 @@
 """NVlabs and Hugging Face SegFormer checkpoints through tools/convert_checkpoint.py, end to end, and the
 SegFormer configs."""
 import glob
-import importlib.util
 import json
 import os.path as osp
 import re
 
 import pytest
 import torch
-from segformer_reference import NVlabsMiT, NVlabsSegFormer, randomize_
+from segformer_reference import NVlabsMiT, NVlabsSegFormer
 
 from mmseg_ext.converters import detect_converter
+from utils import REPO, load_tool, randomize_
 
 transformers = pytest.importorskip('transformers')
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IMAGES = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location('segformer_convert_cli', osp.join(REPO, 'tools', 'convert_checkpoint.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = _load_cli()
+CLI = load_tool('convert_checkpoint')
 
 
 def _run(capsys, *argv):

@@ -3,10 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmseg.models.decode_heads import SegformerHead as MmsegSegformerHead
-from segformer_reference import randomize_
+
 
 from mmseg_ext.models.decode_heads.segformer_head import SegformerHead
 from mmseg_ext.registry import MODELS
+from utils import randomize_
 
 IN_CHANNELS = [32, 64, 160, 256]
 HEAD_KWARGS = dict(in_channels=IN_CHANNELS, in_index=[0, 1, 2, 3], channels=48, dropout_ratio=0.1, num_classes=5,

@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
-from segformer_reference import NVlabsMiT, randomize_
+from segformer_reference import NVlabsMiT
 
 from mmseg_ext.models.backbones.mit import MixVisionTransformer
 from mmseg_ext.converters.mit_layouts import extract_mit_encoder
 from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
+from utils import load_tool, randomize_
 
 transformers = pytest.importorskip('transformers')
 
@@ -198,8 +199,6 @@ def test_load_mit_pretrained_returns_what_it_found(hf_classifier):
 ], ids=['module', 'model', 'module-model', 'state_dict-model'])
 def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs_imagenet, tmp_path, wrap):
     """Every entry point unwraps a checkpoint with the same rules (mmseg_ext.checkpoint_io.read_state_dict)."""
-    import importlib.util
-    from conftest import TOOLS
     path, reference = nvlabs_imagenet
     plain = torch.load(path, weights_only=True)
     wrapped = tmp_path / 'wrapped.pth'
@@ -207,7 +206,5 @@ def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs
     expected = _pretrained(path).state_dict()
     loaded = _pretrained(wrapped).state_dict()
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
-    spec = importlib.util.spec_from_file_location('convert_checkpoint', TOOLS / 'convert_checkpoint.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('convert_checkpoint')
     assert tool.strip_prefixes(tool.read_source(str(wrapped))).keys() == plain.keys()

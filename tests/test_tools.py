@@ -10,8 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from utils import REPO, TOOLS, run_tool, write_tiny_config
 
-from conftest import REPO, TOOLS, run_tool, write_tiny_config
+
 
 pytestmark = pytest.mark.slow
 

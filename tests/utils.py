@@ -1,0 +1,192 @@
+"""Helpers shared by the test modules: paths, tool runners, the tiny training config, weight randomisers.
+
+Fixtures live in conftest.py (pytest finds them); everything a test imports comes from here. The
+``*_reference.py`` modules beside this one hold only the papers' reference networks.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / 'tools'
+CONFIGS = REPO / 'configs'
+
+# A model that trains in well under a second per iteration at 64x128 on one CPU core.
+TINY_CONFIG = """
+_base_ = ['{demo_base}']
+data_root = '{data_root}'
+crop_size = (64, 128)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                           bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=crop_size),
+    backbone=dict(type='{backbone}'),
+    decode_head=dict(type='FCNHead', in_channels=16, channels=16, num_convs=1, concat_input=False, dropout_ratio=0.0,
+                     num_classes=19, norm_cfg=norm_cfg, align_corners=False,
+                     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005))
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end={max_iters}, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters}, val_interval={max_iters})
+default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=10), logger=dict(interval=1))
+"""
+
+
+def write_tiny_config(path: Path, data_root: Path, max_iters: int = 4, backbone: str = 'ERFNet',
+                      extra: str = '') -> Path:
+    """Write the tiny training config to ``path`` and return it."""
+    path.write_text(TINY_CONFIG.format(demo_base=CONFIGS / '_demo_' / 'demo_dataset.py', data_root=data_root,
+                                       max_iters=max_iters, backbone=backbone) + extra)
+    return path
+
+
+def run_tool(args: List[str], cwd: Path, env_extra: Optional[dict] = None, timeout: int = 300,
+             expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python tools/<args...>`` (or a .sh tool) and return the finished process (output captured)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env.update(env_extra or {})
+    tool = TOOLS / args[0]
+    command = (['bash', str(tool)] if tool.suffix == '.sh' else [sys.executable, str(tool)]) + [str(a) for a in args[1:]]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(command)} failed with {proc.returncode}\n'
+                             f'--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` in this process (tools/ is not a package), to call its functions."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', TOOLS / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mmseg_config_path(relative: str) -> str:
+    """Path of a config shipped inside the installed mmseg package (``mmseg::relative``)."""
+    import mmseg
+    return os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', relative)
+
+
+def build_segmentor(config_path: str, cfg_options: Optional[dict] = None) -> nn.Module:
+    """Build the segmentor of a config file in mmseg's default scope."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    cfg = Config.fromfile(str(config_path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope('mmseg')
+    return MODELS.build(cfg.model)
+
+
+def without_scope(value):
+    """``value`` as plain data without the ``_scope_`` keys mmengine adds to dicts read from ``mmseg::`` bases."""
+    if isinstance(value, dict):
+        return {key: without_scope(item) for key, item in value.items() if key != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_scope(item) for item in value)
+    return value
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f'shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}'
+    return float((a - b).abs().max())
+
+
+def batch_norms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0, eval_mode: bool = False) -> nn.Module:
+    """Give every parameter and norm statistic non-trivial random values (in place); returns ``module``.
+
+    Matrices and kernels: N(0, 1/fan_in); 1-D weights (norm scales): 1 + N(0, 0.2^2); biases and running
+    means: N(0, 0.1^2); running variances: U(0.5, 1.5). For deep conv stacks use
+    :func:`randomize_conv_bn_`, whose scales keep activations bounded through dozens of layers. ``eval_mode`` also switches to eval mode (some
+    mmseg modules' ``train()`` returns None, so ``randomize_(m).eval()`` cannot be chained on them).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        noise = torch.randn(tensor.shape, generator=generator)
+        if name.endswith('running_var'):
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+        elif tensor.dim() > 1:
+            tensor.copy_(noise / tensor[0].numel()**0.5)
+        elif name.endswith('weight'):
+            tensor.copy_(1 + 0.2 * noise)
+        else:
+            tensor.copy_(0.1 * noise)
+    if eval_mode:
+        module.eval()
+    return module
+
+
+@torch.no_grad()
+def randomize_conv_bn_(model: nn.Module, seed: int = 0, eval_mode: bool = False) -> nn.Module:
+    """Randomise the convolutions (He-scaled, N(0, 2/fan_in); biases N(0, 0.3^2)) and batch norms (scales
+    U(0.3, 0.8), statistics non-trivial) of a deep conv network such as HRNet, leaving other layers as
+    built; returns ``model``. Activations stay of order one through the whole stack, so absolute
+    tolerances keep their meaning."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            channels = module.num_features
+            module.weight.copy_(0.3 + 0.5 * torch.rand(channels, generator=generator))
+            module.bias.copy_(0.1 * torch.randn(channels, generator=generator))
+            module.running_mean.copy_(0.2 * torch.randn(channels, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(channels, generator=generator))
+            module.num_batches_tracked.fill_(7)
+        elif isinstance(module, nn.Conv2d):
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in)**0.5)
+            if module.bias is not None:
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+    if eval_mode:
+        model.eval()
+    return model
+
+
+@torch.no_grad()
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial affine parameters and running statistics, leaving the other
+    weights as built (random BN otherwise sits at identity and hides folding and layout errors)."""
+    generator = torch.Generator().manual_seed(seed)
+    for bn in batch_norms(model):
+        shape = bn.running_mean.shape
+        bn.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
+        bn.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.25)
+        if bn.weight is not None:
+            bn.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+            bn.bias.copy_(torch.randn(shape, generator=generator) * 0.2)
+        bn.num_batches_tracked.fill_(1000)
+    return model
