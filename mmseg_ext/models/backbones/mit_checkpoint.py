@@ -23,6 +23,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from mmseg_ext.errors import InvalidArgumentError
+
 __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'hf_to_mmseg_encoder',
            'extract_mit_encoder', 'describe_key_mismatch', 'load_mit_pretrained']
 
@@ -279,8 +281,8 @@ def load_mit_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str]
     if prefix:
         selected = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
         if not selected:
-            raise ValueError(f"no key of {checkpoint} starts with prefix={prefix!r} "
-                             f'(first keys: {_sample(list(state_dict), 4)})')
+            raise InvalidArgumentError(f"no key of {checkpoint} starts with prefix={prefix!r} "
+                                       f'(first keys: {_sample(list(state_dict), 4)})')
         state_dict = selected
     target = model.state_dict()
     try:
