@@ -14,6 +14,8 @@ stage_channels = [32, 64, 160, 256]
 model = dict(
     type='CascadeEncoderDecoder',
     num_stages=2,
+    # The base's MiT settings and ImageNet weights, on the plugin's encoder.
+    backbone=dict(type='mmseg_ext.MixVisionTransformer'),
     decode_head=[
         dict(
             type='FCNHead',

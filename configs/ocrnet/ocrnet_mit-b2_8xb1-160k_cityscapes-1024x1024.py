@@ -14,6 +14,8 @@ stage_channels = [64, 128, 320, 512]
 model = dict(
     type='CascadeEncoderDecoder',
     num_stages=2,
+    # The base's MiT settings and ImageNet weights, on the plugin's encoder.
+    backbone=dict(type='mmseg_ext.MixVisionTransformer'),
     decode_head=[
         dict(
             type='FCNHead',

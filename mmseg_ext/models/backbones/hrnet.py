@@ -22,6 +22,7 @@ from mmseg.models.backbones.hrnet import HRNet as MMSegHRNet
 from mmseg.models.utils import Upsample
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['HRNet', 'PluginHRModule']
@@ -74,15 +75,16 @@ class HRNet(MMSegHRNet):
 
     Args:
         extra: Stage settings, as for mmseg's ``HRNet``.
+        *args: mmseg ``HRNet``'s other positional arguments, in its order.
         align_corners: ``True`` reproduces the authors' HRNet (their ``MODEL.ALIGN_CORNERS``);
             ``False`` reproduces mmseg's.
         **kwargs: Other mmseg ``HRNet`` arguments.
     """
 
-    def __init__(self, extra: dict, align_corners: bool = False, **kwargs) -> None:
-        super().__init__(extra, **kwargs)
+    def __init__(self, extra: dict, *args, align_corners: bool = False, **kwargs) -> None:
         if not isinstance(align_corners, bool):
-            raise ValueError(f'align_corners must be True or False, got {align_corners!r}')
+            raise InvalidArgumentError(f'align_corners must be True or False, got {align_corners!r}')
+        super().__init__(extra, *args, **kwargs)
         self.align_corners = align_corners
         for stage in (self.stage2, self.stage3, self.stage4):
             for module in stage:
