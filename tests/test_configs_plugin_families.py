@@ -16,8 +16,8 @@ PLUGIN_FAMILIES = ('ERFNet', 'OCRHead', 'MixVisionTransformer', 'SegformerHead')
 
 @pytest.fixture(autouse=True, scope='module')
 def mmseg_metafiles_read_once():
-    """mmengine finds an ``mmseg::`` config by parsing all of mmseg's model metafiles again (about a second)
-    for every such base; the files do not change during the tests, so parse each once."""
+    """mmengine finds an ``mmseg::`` config by parsing all of mmseg's model metafiles again for every such
+    base, which dominates loading the configs; the files do not change during the tests, so parse each once."""
     from mmengine.config import utils
     original = utils.load
     utils.load = functools.lru_cache(maxsize=None)(original)

@@ -168,7 +168,7 @@ def test_mmseg_unit_test_passes_on_plugin_classes(relative: str, function_name: 
 
 @pytest.mark.parametrize('function_name', FORWARD_FUNCTIONS)
 def test_mmseg_segmentor_forward_test_passes_with_plugin_head(function_name: str):
-    """mmseg's segmentor test trains on 512x1024 (its config pads to the crop size): about 20 s on one core."""
+    """mmseg's segmentor test; it trains on 512x1024 inputs (its config pads to the crop size)."""
     module = load_wheel_test_module(FORWARD_TEST)
     swapped: List[str] = []
     module._get_config_directory = lambda: str(WHEEL_CONFIGS)
