@@ -13,6 +13,8 @@ import torch.nn as nn
 from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
+
 __all__ = ['FoldsOwnBatchNorm', 'fuse_conv_bn', 'fold_bn_into_conv', 'bn_scale_and_shift', 'is_foldable_bn']
 
 
@@ -100,20 +102,20 @@ def fold_bn_into_conv(conv: Union[nn.Conv2d, nn.ConvTranspose2d], bn: nn.modules
         channels: The slice of ``bn``'s channels that ``conv`` produces (all channels when None).
 
     Raises:
-        ValueError: If the channel counts disagree or ``conv`` is a grouped transposed convolution.
+        InvalidArgumentError: If the channel counts disagree or ``conv`` is a grouped transposed convolution.
     """
     scale, shift = bn_scale_and_shift(bn)
     if channels is not None:
         scale, shift = scale[channels], shift[channels]
     out_channels = conv.out_channels
     if scale.numel() != out_channels:
-        raise ValueError(f'cannot fold a batch norm over {scale.numel()} channels into a convolution '
-                         f'with {out_channels} output channels')
+        raise InvalidArgumentError(f'cannot fold a batch norm over {scale.numel()} channels into a convolution '
+                                   f'with {out_channels} output channels')
     weight = conv.weight.double()
     if isinstance(conv, nn.ConvTranspose2d):
         if conv.groups != 1:
-            raise ValueError(f'folding into a grouped transposed convolution (groups={conv.groups}) '
-                             'is not supported')
+            raise InvalidArgumentError(f'folding into a grouped transposed convolution (groups={conv.groups}) '
+                                       'is not supported')
         weight = weight * scale.view(1, -1, 1, 1)  # weight is (in, out, kh, kw)
     else:
         weight = weight * scale.view(-1, 1, 1, 1)  # weight is (out, in / groups, kh, kw)

@@ -5,14 +5,9 @@ import torch
 from mmseg.models.backbones import HRNet as MMSegHRNet
 
 from mmseg_ext.models.backbones.hrnet import HRNet, PluginHRModule
+from utils import HRNET_TINY_EXTRA as EXTRA
 from utils import randomize_conv_bn_
 
-EXTRA = dict(
-    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(8, )),
-    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=(4, 8)),
-    stage3=dict(num_modules=2, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=(4, 8, 16)),
-    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1),
-                num_channels=(4, 8, 16, 32)))
 
 
 @pytest.mark.parametrize('size', [(64, 128), (72, 100), (50, 70)])

@@ -18,6 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
 CONFIGS = REPO / 'configs'
 
+# A four-stage HRNet small enough for unit tests (mmseg's `extra` format).
+HRNET_TINY_EXTRA = dict(
+    stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK', num_blocks=(1, ), num_channels=(8, )),
+    stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(1, 1), num_channels=(4, 8)),
+    stage3=dict(num_modules=2, num_branches=3, block='BASIC', num_blocks=(1, 1, 1), num_channels=(4, 8, 16)),
+    stage4=dict(num_modules=1, num_branches=4, block='BASIC', num_blocks=(1, 1, 1, 1),
+                num_channels=(4, 8, 16, 32)))
+
 # A model that trains in well under a second per iteration at 64x128 on one CPU core.
 TINY_CONFIG = """
 _base_ = ['{demo_base}']

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping
 import torch
 
 from mmseg_ext.checkpoint_io import sample_keys
+from mmseg_ext.errors import InvalidArgumentError
 
 __all__ = ['CheckpointConverter', 'ConversionResult', 'register_converter', 'registered_converters',
            'detect_converter']
@@ -64,9 +65,9 @@ def _import_builtin_converters() -> None:
 def register_converter(converter: CheckpointConverter) -> CheckpointConverter:
     """Add ``converter`` to the formats the CLI detects; names must be unique."""
     if not converter.name:
-        raise ValueError(f'{type(converter).__name__} has no name')
+        raise InvalidArgumentError(f'{type(converter).__name__} has no name')
     if converter.name in _CONVERTERS:
-        raise ValueError(f"a converter named '{converter.name}' is already registered")
+        raise InvalidArgumentError(f"a converter named '{converter.name}' is already registered")
     _CONVERTERS[converter.name] = converter
     return converter
 

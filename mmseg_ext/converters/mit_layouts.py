@@ -30,7 +30,6 @@ __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'h
 
 StateDict = Dict[str, Tensor]
 
-
 def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequence[str],
                out: StateDict, unused: List[str], names: Dict[Tuple[int, int, str, str], str]) -> None:
     """Concatenate the q/k/v (or q/kv) pieces of every block into mmseg's ``in_proj_*`` tensors.
@@ -44,11 +43,9 @@ def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequ
         else:
             unused.extend(names[(stage, block, param, name)] for name in pieces)
 
-
 def linear_to_conv1x1(weight: Tensor) -> Tensor:
     """A ``Linear`` weight ``(out, in)`` as the weight ``(out, in, 1, 1)`` of the equivalent 1x1 conv."""
     return weight.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else weight
-
 
 # (pattern, replacement, value transform); stage indices in NVlabs keys start at 1.
 _NVLABS_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]]] = [
@@ -94,7 +91,6 @@ _HF_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]
 ]
 _HF_QKV = re.compile(r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)')
 
-
 def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, qkv_order: Sequence[str],
              stage_offset: int) -> Tuple[StateDict, List[str]]:
     compiled = [(re.compile(pattern), rename, transform) for pattern, rename, transform in rules]
@@ -119,7 +115,6 @@ def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, q
     _stack_qkv(qkv_parts, qkv_order, out, unused, qkv_names)
     return out, unused
 
-
 def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     """Map an NVlabs MiT state dict (no ``backbone.`` prefix) onto mmseg's keys.
 
@@ -127,7 +122,6 @@ def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict
         The converted tensors and the keys that are not part of the NVlabs encoder layout.
     """
     return _convert(state_dict, _NVLABS_RULES, _NVLABS_QKV, ('q', 'kv'), stage_offset=1)
-
 
 def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     """Map a Hugging Face ``SegformerModel`` state dict (``encoder.*`` keys) onto mmseg's keys.
@@ -137,11 +131,9 @@ def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, Li
     """
     return _convert(state_dict, _HF_RULES, _HF_QKV, ('query', 'key', 'value'), stage_offset=0)
 
-
 def _mmseg_identity(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     encoder = {key: value for key, value in state_dict.items() if re.match(r'layers\.\d+\.', key)}
     return encoder, [key for key in state_dict if key not in encoder]
-
 
 @dataclass(frozen=True)
 class _Layout:
@@ -150,7 +142,6 @@ class _Layout:
     prefixes: Tuple[str, ...]  # where the encoder sits in the published files ('' = top level)
     to_mmseg: Callable[[Mapping[str, Tensor]], Tuple[StateDict, List[str]]]
     head_prefixes: Tuple[str, ...]  # top-level keys of non-encoder parts that are dropped silently
-
 
 ENCODER_LAYOUTS: Dict[str, _Layout] = {
     'mmseg': _Layout('mmseg 1.x MixVisionTransformer (converted mit_b*.pth, or backbone.* of a segmentor)',
@@ -163,7 +154,6 @@ ENCODER_LAYOUTS: Dict[str, _Layout] = {
                            'SegformerForSemanticSegmentation', 'encoder.patch_embeddings.0.proj.weight',
                            ('', 'segformer.'), hf_to_mmseg_encoder, ('classifier.', 'decode_head.')),
 }
-
 
 @dataclass
 class EncoderExtraction:
@@ -181,7 +171,6 @@ class EncoderExtraction:
     state_dict: StateDict
     dropped: List[str] = field(default_factory=list)
     unused: List[str] = field(default_factory=list)
-
 
 def _extract_with(state_dict: Mapping[str, Tensor], name: str, prefix: str) -> EncoderExtraction:
     layout = ENCODER_LAYOUTS[name]
@@ -201,7 +190,6 @@ def _extract_with(state_dict: Mapping[str, Tensor], name: str, prefix: str) -> E
             outside.append(key)
     converted, unused = layout.to_mmseg(inner)
     return EncoderExtraction(name, prefix, converted, dropped, [prefix + key for key in unused] + outside)
-
 
 def extract_mit_encoder(state_dict: Mapping[str, Tensor],
                         expected_keys: Optional[Sequence[str]] = None) -> EncoderExtraction:
@@ -233,7 +221,6 @@ def extract_mit_encoder(state_dict: Mapping[str, Tensor],
     raise ValueError(f'the checkpoint holds no MiT encoder in a known layout (known: {known}). '
                      f'It comes closest to the {name} layout{f" under {prefix!r}" if prefix else ""}.'
                      f'{detail}')
-
 
 def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Sequence[str],
                           unused: Sequence[str] = ()) -> str:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES, register_hf_config_check
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.models.backbones.mit import MIT_ARCH_SETTINGS
 from mmseg_ext.converters.mit_layouts import EncoderExtraction, extract_mit_encoder, linear_to_conv1x1
 from .base import CheckpointConverter, ConversionResult, register_converter
@@ -48,8 +49,8 @@ def official_config(arch: str, num_classes: int) -> str:
     """Repository path of the official-decoder config for MiT-``arch`` and ``num_classes`` classes."""
     if num_classes not in DATASET_CONFIGS:
         known = ', '.join(f'{count} ({name})' for count, (name, _) in DATASET_CONFIGS.items())
-        raise ValueError(f'the classifier has {num_classes} classes; the repository has official-decoder '
-                         f'configs for {known} classes only')
+        raise InvalidArgumentError(f'the classifier has {num_classes} classes; the repository has official-decoder '
+                                   f'configs for {known} classes only')
     return f'configs/segformer/segformer-official_mit-{arch}_{DATASET_CONFIGS[num_classes][1]}.py'
 
 

@@ -26,11 +26,12 @@ from mmseg.models.backbones.erfnet import UpsamplerBlock as MMSegUpsamplerBlock
 from mmseg.models.utils import resize
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.folding import bn_scale_and_shift, fold_bn_into_conv, is_foldable_bn
 from mmseg_ext.registry import MODELS
 
 __all__ = ['ERFNet', 'ERFNetDownsamplerBlock', 'ERFNetNonBottleneck1d', 'ERFNetUpsamplerBlock',
-           'AUTHORS_BN_EPS']
+           'AUTHORS_BN_EPS', 'DownsamplerBlock', 'NonBottleneck1d', 'UpsamplerBlock']
 
 AUTHORS_BN_EPS = 1e-3
 """Batch-norm epsilon of the authors' code (and of mmseg's ERFNet blocks)."""
@@ -83,9 +84,9 @@ class ERFNetDownsamplerBlock(MMSegDownsamplerBlock):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg: Union[dict, List[dict], None] = None) -> None:
         if out_channels <= in_channels:
-            raise ValueError(f'a downsampler needs out_channels > in_channels (the conv adds '
-                             f'out_channels - in_channels channels to the pooled input), got '
-                             f'in_channels={in_channels}, out_channels={out_channels}')
+            raise InvalidArgumentError(f'a downsampler needs out_channels > in_channels (the conv adds '
+                                       f'out_channels - in_channels channels to the pooled input), got '
+                                       f'in_channels={in_channels}, out_channels={out_channels}')
         super().__init__(in_channels, out_channels, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                          act_cfg=act_cfg, init_cfg=init_cfg)
         # Set by fold_bn: the pool channels' share of the folded norm.
@@ -141,9 +142,9 @@ class ERFNetNonBottleneck1d(MMSegNonBottleneck1d):
         conv_cfg: Config of the conv layers (None: ``nn.Conv2d``).
         norm_cfg: Config of the norm layers.
         act_cfg: Config of the activation layers.
+        init_cfg: Initialization config dict.
         channel_dropout: Use ``nn.Dropout2d`` (whole channels, the authors' choice) instead of
             mmseg's element-wise ``nn.Dropout``.
-        init_cfg: Initialization config dict.
     """
 
     def __init__(self,
@@ -154,14 +155,15 @@ class ERFNetNonBottleneck1d(MMSegNonBottleneck1d):
                  conv_cfg: ConfigDict = None,
                  norm_cfg: dict = dict(type='BN', eps=AUTHORS_BN_EPS),
                  act_cfg: dict = dict(type='ReLU'),
-                 channel_dropout: bool = False,
-                 init_cfg: Union[dict, List[dict], None] = None) -> None:
+                 init_cfg: Union[dict, List[dict], None] = None,
+                 *,
+                 channel_dropout: bool = False) -> None:
         if not 0 <= drop_rate < 1:
-            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
+            raise InvalidArgumentError(f'drop_rate must be in [0, 1), got {drop_rate!r}')
         if dilation < 1:
-            raise ValueError(f'dilation must be >= 1, got {dilation!r}')
+            raise InvalidArgumentError(f'dilation must be >= 1, got {dilation!r}')
         if num_conv_layer < 1:
-            raise ValueError(f'num_conv_layer must be >= 1, got {num_conv_layer!r}')
+            raise InvalidArgumentError(f'num_conv_layer must be >= 1, got {num_conv_layer!r}')
         super().__init__(channels, drop_rate=drop_rate, dilation=dilation,
                          num_conv_layer=num_conv_layer, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                          act_cfg=act_cfg, init_cfg=init_cfg)
@@ -221,6 +223,12 @@ class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
             self.bn = nn.Identity()
 
 
+#: mmseg's names of the blocks (``mmseg.models.backbones.erfnet``), with mmseg's constructor signatures.
+DownsamplerBlock = ERFNetDownsamplerBlock
+NonBottleneck1d = ERFNetNonBottleneck1d
+UpsamplerBlock = ERFNetUpsamplerBlock
+
+
 @MODELS.register_module()
 class ERFNet(BaseModule):
     """ERFNet backbone, a drop-in replacement for ``mmseg.models.backbones.ERFNet``.
@@ -266,7 +274,7 @@ class ERFNet(BaseModule):
             throughout, as mmseg.
 
     Raises:
-        ValueError: If the channel, stage or dilation arguments are inconsistent.
+        InvalidArgumentError: If the channel, stage or dilation arguments are inconsistent.
     """
 
     def __init__(self,
@@ -354,54 +362,54 @@ class ERFNet(BaseModule):
         """Validate the architecture arguments; return one dropout ratio per encoder stage."""
         num_stages = len(enc_stage_non_bottlenecks)
         if len(enc_downsample_channels) != num_stages + 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'enc_downsample_channels={enc_downsample_channels} needs one entry more than '
                 f'enc_stage_non_bottlenecks={enc_stage_non_bottlenecks} (the initial downsampler)')
         if enc_non_bottleneck_channels != enc_downsample_channels[1:]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'enc_non_bottleneck_channels={enc_non_bottleneck_channels} must equal '
                 f'enc_downsample_channels[1:]={enc_downsample_channels[1:]}: each stage keeps the '
                 'channels of its downsampler')
         if not enc_non_bottleneck_dilations or any(d < 1 for d in enc_non_bottleneck_dilations):
-            raise ValueError('enc_non_bottleneck_dilations must be a non-empty sequence of '
-                             f'positive ints, got {enc_non_bottleneck_dilations}')
+            raise InvalidArgumentError('enc_non_bottleneck_dilations must be a non-empty sequence of '
+                                       f'positive ints, got {enc_non_bottleneck_dilations}')
         if num_stages == 0 or enc_stage_non_bottlenecks[-1] % len(enc_non_bottleneck_dilations):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'enc_stage_non_bottlenecks={enc_stage_non_bottlenecks} must be non-empty and its '
                 f'last entry a multiple of len(enc_non_bottleneck_dilations)='
                 f'{len(enc_non_bottleneck_dilations)}')
         if len(dec_upsample_channels) != num_stages:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'dec_upsample_channels={dec_upsample_channels} must have one upsampler per encoder '
                 f'stage ({num_stages}, from enc_stage_non_bottlenecks={enc_stage_non_bottlenecks})')
         if not len(dec_stages_non_bottleneck) == len(dec_non_bottleneck_channels) == num_stages:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'dec_stages_non_bottleneck={dec_stages_non_bottleneck} and '
                 f'dec_non_bottleneck_channels={dec_non_bottleneck_channels} must have one entry per '
                 f'decoder stage ({num_stages})')
         if dec_upsample_channels != dec_non_bottleneck_channels:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f'dec_upsample_channels={dec_upsample_channels} must equal '
                 f'dec_non_bottleneck_channels={dec_non_bottleneck_channels}: each decoder stage keeps '
                 'the channels of its upsampler')
         all_channels = (in_channels, ) + enc_downsample_channels + dec_non_bottleneck_channels
         if any(int(c) != c or c < 1 for c in all_channels):
-            raise ValueError(f'channel counts must be positive ints, got in_channels={in_channels}, '
-                             f'enc_downsample_channels={enc_downsample_channels}, '
-                             f'dec_non_bottleneck_channels={dec_non_bottleneck_channels}')
+            raise InvalidArgumentError(f'channel counts must be positive ints, got in_channels={in_channels}, '
+                                       f'enc_downsample_channels={enc_downsample_channels}, '
+                                       f'dec_non_bottleneck_channels={dec_non_bottleneck_channels}')
         if any(n < 0 for n in enc_stage_non_bottlenecks + dec_stages_non_bottleneck):
-            raise ValueError('block counts must be >= 0, got '
-                             f'enc_stage_non_bottlenecks={enc_stage_non_bottlenecks}, '
-                             f'dec_stages_non_bottleneck={dec_stages_non_bottleneck}')
+            raise InvalidArgumentError('block counts must be >= 0, got '
+                                       f'enc_stage_non_bottlenecks={enc_stage_non_bottlenecks}, '
+                                       f'dec_stages_non_bottleneck={dec_stages_non_bottleneck}')
         if isinstance(dropout_ratio, (int, float)):
             ratios = (float(dropout_ratio), ) * num_stages
         else:
             ratios = tuple(float(r) for r in dropout_ratio)
             if len(ratios) != num_stages:
-                raise ValueError(f'dropout_ratio={tuple(dropout_ratio)} must be one float or one per '
-                                 f'encoder stage ({num_stages})')
+                raise InvalidArgumentError(f'dropout_ratio={tuple(dropout_ratio)} must be one float or one per '
+                                           f'encoder stage ({num_stages})')
         if any(not 0 <= r < 1 for r in ratios):
-            raise ValueError(f'dropout_ratio must be in [0, 1), got {dropout_ratio!r}')
+            raise InvalidArgumentError(f'dropout_ratio must be in [0, 1), got {dropout_ratio!r}')
         return ratios
 
     def forward(self, x: Tensor) -> List[Tensor]:

@@ -23,6 +23,7 @@ from mmseg.models.backbones.hrnet import HRNet as MMSegHRNet
 from mmseg.models.utils import Upsample
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['HRNet', 'PluginHRModule']
@@ -81,17 +82,18 @@ class HRNet(MMSegHRNet):
 
     Args:
         extra: Stage settings, as for mmseg's ``HRNet``.
+        *args: mmseg ``HRNet``'s other positional arguments, in its order.
         align_corners: ``True`` reproduces the authors' HRNet (their ``MODEL.ALIGN_CORNERS``);
             ``False`` reproduces mmseg's.
         **kwargs: Other mmseg ``HRNet`` arguments.
     """
 
-    def __init__(self, extra: dict, align_corners: bool = False, **kwargs) -> None:
+    def __init__(self, extra: dict, *args, align_corners: bool = False, **kwargs) -> None:
         if not isinstance(align_corners, bool):
-            raise ValueError(f'align_corners must be True or False, got {align_corners!r}')
+            raise InvalidArgumentError(f'align_corners must be True or False, got {align_corners!r}')
         # Set first: mmseg's constructor calls _make_stage, which reads it, for stages 2-4.
         self.align_corners = align_corners
-        super().__init__(extra, **kwargs)
+        super().__init__(extra, *args, **kwargs)
 
     def _make_stage(self, layer_config: dict, in_channels: List[int],
                     multiscale_output: bool = True) -> Tuple[Sequential, List[int]]:

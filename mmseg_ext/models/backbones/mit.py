@@ -34,11 +34,13 @@ from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init, update_init_info
 from torch import Tensor, nn
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
 from .mix_ffn_rows import RowBlock, plan_row_blocks, row_blocked_mix_ffn, supports_row_blocking
 
-__all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits']
+__all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits', 'EfficientSelfAttention',
+           'MixFFN', 'MixTransformerBlock', 'EfficientMultiheadAttention', 'TransformerEncoderLayer']
 
 #: The published MiT variants (SegFormer paper, Table 6). Every variant uses patch sizes (7, 3, 3, 3),
 #: strides (4, 2, 2, 2), reduction ratios (8, 4, 2, 1) and MLP ratio 4, which are the constructor defaults.
@@ -134,18 +136,24 @@ class EfficientSelfAttention(BaseModule):
         attn_drop: Dropout probability on the attention weights (training only).
         proj_drop: Dropout probability after the output projection.
         dropout_layer: Config of the layer applied to the branch before the residual sum (DropPath).
+        init_cfg: mmengine init config.
+        batch_first: Must be True: tokens are ``[B, N, C]``. Accepted because mmseg's
+            ``EfficientMultiheadAttention`` (whose positional signature this is) takes it.
         qkv_bias: Whether the q/k/v and output projections have biases (as mmseg's ``qkv_bias``).
         norm_cfg: Norm after the spatial reduction.
         sr_ratio: Spatial reduction ratio; 1 means keys and values come from all tokens.
-        init_cfg: mmengine init config.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, attn_drop: float = 0., proj_drop: float = 0.,
-                 dropout_layer: Optional[dict] = None, qkv_bias: bool = False,
-                 norm_cfg: Optional[dict] = None, sr_ratio: int = 1, init_cfg: Optional[dict] = None) -> None:
+                 dropout_layer: Optional[dict] = None, init_cfg: Optional[dict] = None, batch_first: bool = True,
+                 qkv_bias: bool = False, norm_cfg: dict = dict(type='LN'), sr_ratio: int = 1) -> None:
         super().__init__(init_cfg=init_cfg)
         if embed_dims % num_heads:
-            raise ValueError(f'embed_dims ({embed_dims}) must be a multiple of num_heads ({num_heads})')
+            raise InvalidArgumentError(f'embed_dims ({embed_dims}) must be a multiple of num_heads ({num_heads})')
+        if batch_first is not True:
+            raise InvalidArgumentError(f'batch_first={batch_first!r} is not supported: the attention takes '
+                                       'batch-first [B, N, C] tokens, as mmseg\'s MixVisionTransformer gives it')
+        self.batch_first = batch_first
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
@@ -155,7 +163,7 @@ class EfficientSelfAttention(BaseModule):
         self.dropout_layer = build_dropout(dropout_layer) if dropout_layer else nn.Identity()
         if sr_ratio > 1:
             self.sr = nn.Conv2d(embed_dims, embed_dims, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = build_norm_layer(norm_cfg or dict(type='LN'), embed_dims)[1]
+            self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], identity: Optional[Tensor] = None) -> Tensor:
         """Attend from the tokens ``x`` (``[B, H*W, C]``, contiguous) and add the result to ``identity``."""
@@ -194,13 +202,13 @@ class MixFFN(BaseModule):
     Args:
         embed_dims: Channels C of the tokens.
         feedforward_channels: Hidden channels.
-        act_cfg: Activation config.
+        act_cfg: Activation config (None: the default GELU).
         ffn_drop: Dropout probability after the activation and after the last projection.
         dropout_layer: Config of the layer applied to the branch before the residual sum (DropPath).
         init_cfg: mmengine init config.
     """
 
-    def __init__(self, embed_dims: int, feedforward_channels: int, act_cfg: Optional[dict] = None,
+    def __init__(self, embed_dims: int, feedforward_channels: int, act_cfg: Optional[dict] = dict(type='GELU'),
                  ffn_drop: float = 0., dropout_layer: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -257,21 +265,21 @@ class MixTransformerBlock(BaseModule):
         qkv_bias: Biases in the attention projections.
         act_cfg: Activation of the Mix-FFN.
         norm_cfg: Norm config.
+        batch_first: Must be True (tokens are ``[B, N, C]``); mmseg's ``TransformerEncoderLayer`` takes it.
         sr_ratio: Spatial reduction ratio of the attention.
         with_cp: Recompute the block in the backward pass instead of storing its activations.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int, drop_rate: float = 0.,
                  attn_drop_rate: float = 0., drop_path_rate: float = 0., qkv_bias: bool = True,
-                 act_cfg: Optional[dict] = None, norm_cfg: Optional[dict] = None, sr_ratio: int = 1,
-                 with_cp: bool = False) -> None:
+                 act_cfg: dict = dict(type='GELU'), norm_cfg: dict = dict(type='LN'), batch_first: bool = True,
+                 sr_ratio: int = 1, with_cp: bool = False) -> None:
         super().__init__()
-        norm_cfg = norm_cfg or dict(type='LN')
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.attn = EfficientSelfAttention(
             embed_dims=embed_dims, num_heads=num_heads, attn_drop=attn_drop_rate, proj_drop=drop_rate,
-            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate), qkv_bias=qkv_bias,
-            norm_cfg=norm_cfg, sr_ratio=sr_ratio)
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate), batch_first=batch_first,
+            qkv_bias=qkv_bias, norm_cfg=norm_cfg, sr_ratio=sr_ratio)
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.ffn = MixFFN(embed_dims=embed_dims, feedforward_channels=feedforward_channels, ffn_drop=drop_rate,
                           dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate), act_cfg=act_cfg)
@@ -287,6 +295,11 @@ class MixTransformerBlock(BaseModule):
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(_inner_forward, x, use_reentrant=False)
         return _inner_forward(x)
+
+
+#: mmseg's names of the blocks (``mmseg.models.backbones.mit``), with mmseg's constructor signatures.
+EfficientMultiheadAttention = EfficientSelfAttention
+TransformerEncoderLayer = MixTransformerBlock
 
 
 class OverlapPatchEmbed(BaseModule):
@@ -329,8 +342,8 @@ class MixVisionTransformer(BaseModule):
         drop_rate: Dropout after attention and in the Mix-FFN.
         attn_drop_rate: Dropout on the attention weights.
         drop_path_rate: Stochastic depth, rising linearly from 0 to this over all blocks.
-        act_cfg: Mix-FFN activation. Defaults to GELU.
-        norm_cfg: Norm config. Defaults to LayerNorm with eps 1e-6.
+        act_cfg: Mix-FFN activation (None: the default GELU).
+        norm_cfg: Norm config (None: the default LayerNorm with eps 1e-6).
         pretrained: Deprecated path of a pretrained encoder; use ``init_cfg``.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=...)`` accepts mmseg's,
             the official NVlabs and Hugging Face encoder layouts (detected from the keys).
@@ -354,15 +367,16 @@ class MixVisionTransformer(BaseModule):
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
-                 act_cfg: Optional[dict] = None,
-                 norm_cfg: Optional[dict] = None,
+                 act_cfg: Optional[dict] = dict(type='GELU'),
+                 norm_cfg: Optional[dict] = dict(type='LN', eps=1e-6),
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  with_cp: bool = False,
                  arch: Optional[str] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if init_cfg and pretrained:
-            raise ValueError('init_cfg and pretrained cannot be set at the same time')
+            raise InvalidArgumentError(f'init_cfg and pretrained cannot be set at the same time, got '
+                                       f'init_cfg={init_cfg!r} and pretrained={pretrained!r}')
         if isinstance(pretrained, str):
             warnings.warn('DeprecationWarning: pretrained is deprecated, please use "init_cfg" instead')
             self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
@@ -374,8 +388,8 @@ class MixVisionTransformer(BaseModule):
         elif arch in MIT_ARCH_SETTINGS:
             settings = MIT_ARCH_SETTINGS[arch]
         else:
-            raise ValueError(f'arch={arch!r} is not a MiT variant; choose one of '
-                             f'{", ".join(repr(name) for name in MIT_ARCH_SETTINGS)} (or None)')
+            raise InvalidArgumentError(f'arch={arch!r} is not a MiT variant; choose one of '
+                                       f'{", ".join(repr(name) for name in MIT_ARCH_SETTINGS)} (or None)')
         embed_dims = settings['embed_dims'] if embed_dims is None else embed_dims
         num_layers = list(settings['num_layers'] if num_layers is None else num_layers)
         num_heads = list(settings['num_heads'] if num_heads is None else num_heads)
@@ -388,9 +402,10 @@ class MixVisionTransformer(BaseModule):
                          sr_ratios=sr_ratios)
         wrong = {name: list(value) for name, value in per_stage.items() if len(value) != num_stages}
         if wrong:
-            raise ValueError(f'num_stages={num_stages} but these per-stage arguments have another length: {wrong}')
+            raise InvalidArgumentError(
+                f'num_stages={num_stages} but these per-stage arguments have another length: {wrong}')
         if not out_indices or any(not 0 <= index < num_stages for index in out_indices):
-            raise ValueError(f'out_indices={tuple(out_indices)} must name stages in [0, {num_stages})')
+            raise InvalidArgumentError(f'out_indices={tuple(out_indices)} must name stages in [0, {num_stages})')
 
         self.arch = arch
         self.embed_dims = embed_dims
@@ -439,6 +454,9 @@ class MixVisionTransformer(BaseModule):
                     normal_init(module, mean=0, std=math.sqrt(2.0 / fan_out), bias=0)
             return
         init_cfgs = self.init_cfg if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg]
+        if not all(isinstance(cfg, dict) for cfg in init_cfgs):
+            # mmengine's initialize() raises TypeError here too; mmseg's MiT reaches it.
+            raise TypeError(f'init_cfg must be a dict or a list of dicts, got {self.init_cfg!r}')
         pretrained_cfgs = [cfg for cfg in init_cfgs if cfg.get('type') == 'Pretrained']
         if not pretrained_cfgs:
             super().init_weights()
@@ -450,7 +468,7 @@ class MixVisionTransformer(BaseModule):
         for cfg in pretrained_cfgs:
             unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
             if unknown:
-                raise ValueError(f'unsupported keys {sorted(unknown)} in the Pretrained init_cfg {cfg}')
+                raise InvalidArgumentError(f'unsupported keys {sorted(unknown)} in the Pretrained init_cfg {cfg}')
             extraction = load_mit_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                                              map_location=cfg.get('map_location', 'cpu'))
             from mmengine.logging import print_log

@@ -9,6 +9,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import SampleList
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['ERFNetHead']
@@ -36,7 +37,7 @@ class ERFNetHead(BaseDecodeHead):
             (``num_classes``, ``loss_decode``, ``ignore_index``, ``align_corners``, ...).
 
     Raises:
-        ValueError: If ``channels`` differs from ``in_channels`` or ``input_transform`` selects
+        InvalidArgumentError: If ``channels`` differs from ``in_channels`` or ``input_transform`` selects
             several feature maps.
     """
 
@@ -49,11 +50,11 @@ class ERFNetHead(BaseDecodeHead):
                  init_cfg: Union[dict, List[dict], None] = None,
                  **kwargs) -> None:
         if kwargs.get('input_transform') is not None:
-            raise ValueError(f"ERFNetHead takes one feature map, got input_transform="
-                             f"{kwargs['input_transform']!r}")
+            raise InvalidArgumentError(f"ERFNetHead takes one feature map, got input_transform="
+                                       f"{kwargs['input_transform']!r}")
         if channels is not None and channels != in_channels:
-            raise ValueError(f'ERFNetHead has no layer before its classifier, so channels must equal '
-                             f'in_channels={in_channels}; got channels={channels}')
+            raise InvalidArgumentError(f'ERFNetHead has no layer before its classifier, so channels must equal '
+                                       f'in_channels={in_channels}; got channels={channels}')
         super().__init__(in_channels, in_channels, dropout_ratio=dropout_ratio, init_cfg=init_cfg,
                          **kwargs)
         self.encoder_only = encoder_only

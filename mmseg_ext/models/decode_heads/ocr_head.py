@@ -34,6 +34,7 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.cascade_decode_head import BaseCascadeDecodeHead
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['OCRHead', 'ObjectAttentionBlock', 'SpatialGatherModule']
@@ -42,9 +43,9 @@ ConfigDict = Optional[dict]
 
 
 def _check_positive_int(name: str, value: int) -> None:
-    """Raise a ValueError quoting ``value`` unless it is a positive integer."""
+    """Raise an InvalidArgumentError quoting ``value`` unless it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        raise InvalidArgumentError(f'{name} must be a positive integer, got {value!r}')
 
 
 class SpatialGatherModule(nn.Module):
@@ -61,7 +62,7 @@ class SpatialGatherModule(nn.Module):
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f'gather scale must be a positive number, got {scale!r}')
+            raise InvalidArgumentError(f'gather scale must be a positive number, got {scale!r}')
         self.scale = float(scale)
 
     def forward(self, feats: Tensor, probs: Tensor) -> Tensor:
@@ -75,9 +76,9 @@ class SpatialGatherModule(nn.Module):
             Region representations, shape (N, C, K, 1).
         """
         if feats.shape[0] != probs.shape[0] or feats.shape[2:] != probs.shape[2:]:
-            raise ValueError('the soft object regions must have the batch size and spatial size of '
-                             f'the features: got regions {tuple(probs.shape)} for features '
-                             f'{tuple(feats.shape)}')
+            raise InvalidArgumentError('the soft object regions must have the batch size and spatial size of '
+                                       f'the features: got regions {tuple(probs.shape)} for features '
+                                       f'{tuple(feats.shape)}')
         weights = F.softmax(self.scale * probs.flatten(2), dim=2)  # (N, K, HW), sums to 1 over HW
         # (N, C, HW) @ (N, HW, K) -> (N, C, K): one weighted mean per region.
         regions = torch.bmm(feats.flatten(2), weights.transpose(1, 2))
@@ -96,22 +97,25 @@ class ObjectAttentionBlock(nn.Module):
         channels: Query/key channels (the authors' ``key_channels``).
         scale: Queries are computed on the pixel features max-pooled by this factor and the object
             context is upsampled back to the input size (1: no pooling).
-        value_channels: Value channels; ``None`` means ``channels`` as in the authors' code.
-        align_corners: ``align_corners`` of the bilinear upsampling used when ``scale > 1``.
         conv_cfg: Conv layer config.
         norm_cfg: Norm layer config.
         act_cfg: Activation config.
+        value_channels: Value channels; ``None`` means ``channels`` as in the authors' code.
+        align_corners: ``align_corners`` of the bilinear upsampling used when ``scale > 1``.
+
+    The positional arguments are those of mmseg's ``ObjectAttentionBlock``.
     """
 
     def __init__(self,
                  in_channels: int,
                  channels: int,
                  scale: int = 1,
-                 value_channels: Optional[int] = None,
-                 align_corners: bool = False,
                  conv_cfg: ConfigDict = None,
                  norm_cfg: ConfigDict = None,
-                 act_cfg: ConfigDict = dict(type='ReLU')) -> None:
+                 act_cfg: ConfigDict = dict(type='ReLU'),
+                 *,
+                 value_channels: Optional[int] = None,
+                 align_corners: bool = False) -> None:
         super().__init__()
         value_channels = channels if value_channels is None else value_channels
         for name, value in (('in_channels', in_channels), ('ocr channels', channels),

@@ -7,6 +7,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from torch import Tensor, nn
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['SegformerHead']
@@ -38,15 +39,15 @@ class SegformerHead(BaseDecodeHead):
 
     def __init__(self, interpolate_mode: str = 'bilinear', head_style: str = 'mmseg', **kwargs) -> None:
         if head_style not in HEAD_STYLES:
-            raise ValueError(f'head_style={head_style!r} is not supported; choose one of '
-                             f'{", ".join(repr(style) for style in HEAD_STYLES)}')
+            raise InvalidArgumentError(f'head_style={head_style!r} is not supported; choose one of '
+                                       f'{", ".join(repr(style) for style in HEAD_STYLES)}')
         in_channels, in_index = kwargs.get('in_channels'), kwargs.get('in_index', -1)
         if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)):
-            raise ValueError(f'SegformerHead takes one input per stage: in_channels and in_index must be '
-                             f'lists, got in_channels={in_channels!r} and in_index={in_index!r}')
+            raise InvalidArgumentError(f'SegformerHead takes one input per stage: in_channels and in_index must be '
+                                       f'lists, got in_channels={in_channels!r} and in_index={in_index!r}')
         if len(in_channels) != len(in_index):
-            raise ValueError(f'in_channels {list(in_channels)} and in_index {list(in_index)} '
-                             f'must have the same length')
+            raise InvalidArgumentError(f'in_channels {list(in_channels)} and in_index {list(in_index)} '
+                                       f'must have the same length')
         super().__init__(input_transform='multiple_select', **kwargs)
         self.interpolate_mode = interpolate_mode
         self.head_style = head_style

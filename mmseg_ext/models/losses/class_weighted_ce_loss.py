@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 
 __all__ = ['ClassWeightedCrossEntropyLoss']
@@ -27,7 +28,7 @@ class ClassWeightedCrossEntropyLoss(nn.Module):
         loss_name: Name of the loss in the log; must start with ``loss_`` to be optimised.
 
     Raises:
-        ValueError: If ``class_weight`` is empty or has negative entries.
+        InvalidArgumentError: If ``class_weight`` is empty or has negative entries.
     """
 
     def __init__(self,
@@ -37,7 +38,7 @@ class ClassWeightedCrossEntropyLoss(nn.Module):
         super().__init__()
         weights = torch.as_tensor(list(class_weight), dtype=torch.float32)
         if weights.ndim != 1 or weights.numel() == 0 or bool((weights < 0).any()):
-            raise ValueError(f'class_weight must be a non-empty list of weights >= 0, got {class_weight!r}')
+            raise InvalidArgumentError(f'class_weight must be a non-empty list of weights >= 0, got {class_weight!r}')
         self.register_buffer('class_weight', weights, persistent=False)
         self.loss_weight = loss_weight
         self._loss_name = loss_name
@@ -51,15 +52,15 @@ class ClassWeightedCrossEntropyLoss(nn.Module):
         """Weighted mean cross-entropy of ``cls_score`` (N, C, H, W) against ``label`` (N, H, W).
 
         Raises:
-            ValueError: If the number of classes differs from ``len(class_weight)`` or a
+            InvalidArgumentError: If the number of classes differs from ``len(class_weight)`` or a
                 pixel-wise ``weight`` is given (not supported).
         """
         if cls_score.shape[1] != self.class_weight.numel():
-            raise ValueError(f'class_weight has {self.class_weight.numel()} entries but the logits '
-                             f'have {cls_score.shape[1]} classes')
+            raise InvalidArgumentError(f'class_weight has {self.class_weight.numel()} entries but the logits '
+                                       f'have {cls_score.shape[1]} classes')
         if weight is not None:
-            raise ValueError('ClassWeightedCrossEntropyLoss does not take pixel-wise weights '
-                             '(no pixel sampler)')
+            raise InvalidArgumentError('ClassWeightedCrossEntropyLoss does not take pixel-wise weights '
+                                       '(no pixel sampler)')
         class_weight = self.class_weight.to(cls_score.dtype)
         valid = label != ignore_index
         total_weight = class_weight[label[valid]].sum()

@@ -10,6 +10,7 @@ from torch import nn
 
 from mmseg_ext.checkpoint_io import read_hf_config, read_state_dict, sample_keys
 from mmseg_ext.converters.mit_layouts import EncoderExtraction, describe_key_mismatch, extract_mit_encoder
+from mmseg_ext.errors import InvalidArgumentError
 
 __all__ = ['load_mit_pretrained']
 
@@ -38,8 +39,8 @@ def load_mit_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str]
     if prefix:
         selected = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
         if not selected:
-            raise ValueError(f"no key of {checkpoint} starts with prefix={prefix!r} "
-                             f'(first keys: {sample_keys(state_dict, 4)})')
+            raise InvalidArgumentError(f"no key of {checkpoint} starts with prefix={prefix!r} "
+                                       f'(first keys: {sample_keys(state_dict, 4)})')
         state_dict = selected
     target = model.state_dict()
     try:
