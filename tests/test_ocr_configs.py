@@ -33,7 +33,7 @@ def header(path: str) -> str:
     return ''.join(lines)
 
 
-def test_the_issue_s_configs_exist():
+def test_every_mmseg_ocrnet_hrnet_recipe_has_a_plugin_config():
     assert EXPECTED <= {osp.basename(path) for path in CONFIGS}
 
 

@@ -24,6 +24,7 @@ from mmseg.models.backbones.erfnet import DownsamplerBlock as MMSegDownsamplerBl
 from mmseg.models.backbones.erfnet import NonBottleneck1d as MMSegNonBottleneck1d
 from mmseg.models.backbones.erfnet import UpsamplerBlock as MMSegUpsamplerBlock
 from mmseg.models.utils import resize
+from mmseg.utils import OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from mmseg_ext.errors import InvalidArgumentError
@@ -39,7 +40,6 @@ AUTHORS_BN_EPS = 1e-3
 # Activation types whose constructors take ``inplace``; the same list mmcv's ConvModule applies.
 _INPLACE_CAPABLE_ACTIVATIONS = ('ReLU', 'LeakyReLU', 'ReLU6', 'ELU', 'SiLU', 'Hardswish', 'HSwish')
 
-ConfigDict = Optional[dict]
 
 
 def _norm_cfg_with_authors_eps(norm_cfg: dict) -> dict:
@@ -79,10 +79,10 @@ class ERFNetDownsamplerBlock(MMSegDownsamplerBlock):
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
-                 conv_cfg: ConfigDict = None,
+                 conv_cfg: OptConfigType = None,
                  norm_cfg: dict = dict(type='BN', eps=AUTHORS_BN_EPS),
                  act_cfg: dict = dict(type='ReLU'),
-                 init_cfg: Union[dict, List[dict], None] = None) -> None:
+                 init_cfg: OptMultiConfig = None) -> None:
         if out_channels <= in_channels:
             raise InvalidArgumentError(f'a downsampler needs out_channels > in_channels (the conv adds '
                                        f'out_channels - in_channels channels to the pooled input), got '
@@ -152,10 +152,10 @@ class ERFNetNonBottleneck1d(MMSegNonBottleneck1d):
                  drop_rate: float = 0.,
                  dilation: int = 1,
                  num_conv_layer: int = 2,
-                 conv_cfg: ConfigDict = None,
+                 conv_cfg: OptConfigType = None,
                  norm_cfg: dict = dict(type='BN', eps=AUTHORS_BN_EPS),
                  act_cfg: dict = dict(type='ReLU'),
-                 init_cfg: Union[dict, List[dict], None] = None,
+                 init_cfg: OptMultiConfig = None,
                  *,
                  channel_dropout: bool = False) -> None:
         if not 0 <= drop_rate < 1:
@@ -208,10 +208,10 @@ class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
-                 conv_cfg: ConfigDict = None,
+                 conv_cfg: OptConfigType = None,
                  norm_cfg: dict = dict(type='BN', eps=AUTHORS_BN_EPS),
                  act_cfg: dict = dict(type='ReLU'),
-                 init_cfg: Union[dict, List[dict], None] = None) -> None:
+                 init_cfg: OptMultiConfig = None) -> None:
         super().__init__(in_channels, out_channels, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                          act_cfg=act_cfg, init_cfg=init_cfg)
 
@@ -287,10 +287,10 @@ class ERFNet(BaseModule):
                  dec_stages_non_bottleneck: Sequence[int] = (2, 2),
                  dec_non_bottleneck_channels: Sequence[int] = (64, 16),
                  dropout_ratio: Union[float, Sequence[float]] = 0.1,
-                 conv_cfg: ConfigDict = None,
+                 conv_cfg: OptConfigType = None,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  act_cfg: dict = dict(type='ReLU'),
-                 init_cfg: Union[dict, List[dict], None] = None,
+                 init_cfg: OptMultiConfig = None,
                  *,
                  channel_dropout: bool = False,
                  encoder_only: bool = False,

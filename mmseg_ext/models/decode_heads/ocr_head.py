@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.cascade_decode_head import BaseCascadeDecodeHead
+from mmseg.utils import OptConfigType
 from torch import Tensor
 
 from mmseg_ext.errors import InvalidArgumentError
@@ -39,7 +40,6 @@ from mmseg_ext.registry import MODELS
 
 __all__ = ['OCRHead', 'ObjectAttentionBlock', 'SpatialGatherModule']
 
-ConfigDict = Optional[dict]
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -110,9 +110,9 @@ class ObjectAttentionBlock(nn.Module):
                  in_channels: int,
                  channels: int,
                  scale: int = 1,
-                 conv_cfg: ConfigDict = None,
-                 norm_cfg: ConfigDict = None,
-                 act_cfg: ConfigDict = dict(type='ReLU'),
+                 conv_cfg: OptConfigType = None,
+                 norm_cfg: OptConfigType = None,
+                 act_cfg: OptConfigType = dict(type='ReLU'),
                  *,
                  value_channels: Optional[int] = None,
                  align_corners: bool = False) -> None:
