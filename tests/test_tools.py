@@ -145,3 +145,84 @@ def test_corrupt_image_is_named(tiny_data, tmp_path, damage):
     proc = run_tool(['train.py', write_tiny_config(tmp_path / 'c.py', data)], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2
     assert re.search(rf'corrupt image \(.*\): {re.escape(str(image))}', proc.stderr), proc.stderr
+
+
+# --- checkpoints that cannot be used: one line on stderr and exit status 2 from every tool -------------------
+
+def _tool_command(tool: str, config: Path, checkpoint: Path, tmp_path: Path, image: Path) -> list:
+    return {
+        'test.py': ['test.py', config, checkpoint, '--work-dir', tmp_path / 'w'],
+        'infer.py': ['infer.py', config, checkpoint, image, '--out-dir', tmp_path / 'o'],
+        'benchmark.py': ['benchmark.py', config, checkpoint, '--shape', 64, 128, '--repeats', 1, '--warmup', 0,
+                         '--no-flops'],
+        'convert_checkpoint.py': ['convert_checkpoint.py', checkpoint, tmp_path / 'converted.pth'],
+        'train.py load_from': ['train.py', config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                               f'load_from={checkpoint}'],
+        'train.py --resume': ['train.py', config, '--work-dir', tmp_path / 'w', '--resume', checkpoint],
+    }[tool]
+
+
+def _single_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    return lines[0]
+
+
+TOOLS_APPLYING_CHECKPOINTS = ['test.py', 'infer.py', 'benchmark.py', 'convert_checkpoint.py', 'train.py load_from',
+                              'train.py --resume']
+
+
+@pytest.mark.parametrize('tool', TOOLS_APPLYING_CHECKPOINTS)
+@pytest.mark.parametrize('sample', ['random_bytes', 'truncated_zip', 'hostile_pickle'])
+def test_unusable_checkpoint_is_one_line_from_every_tool(tool, sample, trained_run, tiny_data, tmp_path):
+    from checkpoint_samples import EXPECTED, write_sample
+    config, work_dir, _ = trained_run
+    checkpoint = write_sample(sample, tmp_path, work_dir / 'iter_4.pth')
+    image = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))[0]
+    proc = run_tool(_tool_command(tool, config, checkpoint, tmp_path, image), cwd=tmp_path, expect_ok=False)
+    line = _single_error_line(proc)
+    assert EXPECTED[sample][1] in line and str(checkpoint) in line
+    assert not (tmp_path / 'pwned').exists()
+
+
+def _other_class_count_checkpoint(work_dir: Path, path: Path) -> Path:
+    import torch
+    checkpoint = torch.load(work_dir / 'iter_4.pth', weights_only=False)
+    state = checkpoint['state_dict']
+    state['decode_head.conv_seg.weight'] = state['decode_head.conv_seg.weight'][:7].clone()
+    state['decode_head.conv_seg.bias'] = state['decode_head.conv_seg.bias'][:7].clone()
+    torch.save({'meta': {}, 'state_dict': state}, path)
+    return path
+
+
+@pytest.mark.parametrize('tool', ['test.py', 'infer.py', 'benchmark.py'])
+def test_weights_that_do_not_fit_are_refused_before_any_work(tool, trained_run, tiny_data, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    image = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))[0]
+    proc = run_tool(_tool_command(tool, config, checkpoint, tmp_path, image), cwd=tmp_path, expect_ok=False)
+    line = _single_error_line(proc)
+    assert 'weights do not fit the model' in line and '2 of another shape' in line
+    assert 'another class count: the checkpoint predicts 7 classes, the model 19' in line
+    assert 'Iter(test)' not in proc.stdout and not (tmp_path / 'o').exists()  # no evaluation, no outputs
+
+
+def test_partial_weights_are_evaluated_only_when_asked(trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    proc = run_tool(['test.py', config, checkpoint, '--work-dir', tmp_path / 'w', '--allow-partial-weights'],
+                    cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert 'weights do not fit the model' in out and re.search(r'\[test\] aAcc', out)
+
+
+def test_load_from_keeps_mmengine_behaviour_and_logs_the_fit(trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    proc = run_tool(['train.py', config, '--work-dir', tmp_path / 'w', '--cfg-options', f'load_from={checkpoint}',
+                     'train_cfg.max_iters=1', 'train_cfg.val_interval=1'], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert 'weights do not fit the model' in log and 'another class count' in log
+    assert _iters_logged(log) == [1]
