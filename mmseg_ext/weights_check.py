@@ -81,7 +81,7 @@ class WeightsSummary:
     def describe(self) -> str:
         """One line: what fits and, for a mismatch, the counts, examples and likely cause."""
         if self.fits:
-            return f'weights: all {self.model_tensors} tensors of the model loaded from {self.source}'
+            return f'weights: {self.source} fits the model (all {self.model_tensors} tensors, names and shapes)'
         parts = []
         if self.missing:
             parts.append(f'{len(self.missing)} missing ({_examples(self.missing)})')

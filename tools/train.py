@@ -33,7 +33,8 @@ from mmengine.runner.checkpoint import _load_checkpoint
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, log_weights_summary
+from mmseg_ext.checkpoint import CheckpointFileError
+from mmseg_ext.weights_check import check_weights, log_weights_summary
 from mmseg.registry import RUNNERS
 
 
@@ -97,8 +98,12 @@ def main(argv=None) -> int:
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         report_starting_weights(runner, cfg)
+    except (CheckpointFileError, FileNotFoundError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    try:
         runner.train()
-    except CHECKPOINT_ERRORS as error:  # also a backbone's init_cfg checkpoint, read when training starts
+    except CheckpointFileError as error:  # a backbone's init_cfg checkpoint, read when training starts
         print(f'error: {error}', file=sys.stderr)
         return 2
     return 0
@@ -108,7 +113,7 @@ def report_starting_weights(runner: Runner, cfg: Config) -> None:
     """Read the checkpoint ``load_from``/``--resume`` will load and log how its weights fit the model.
 
     mmengine's behaviour is kept (non-strict loading); a file that cannot be read raises
-    ``CheckpointFileError`` here, before training starts.
+    :class:`CheckpointFileError` here, before training starts.
     """
     path = cfg.get('load_from')
     if cfg.get('resume') and not path:
