@@ -8,7 +8,7 @@ from segformer_reference import NVlabsMiT
 from mmseg_ext.models.backbones.mit import MixVisionTransformer
 from mmseg_ext.converters.mit_layouts import extract_mit_encoder
 from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
-from utils import load_tool, randomize_
+from utils import REPO, load_tool, randomize_
 
 transformers = pytest.importorskip('transformers')
 
@@ -208,3 +208,18 @@ def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
     tool = load_tool('convert_checkpoint')
     assert tool.strip_prefixes(tool.read_source(str(wrapped))).keys() == plain.keys()
+
+
+@pytest.mark.parametrize('prefix', ['module.', 'model.'])
+def test_tools_check_and_load_wrapped_segmentor_checkpoints_alike(tmp_path, prefix):
+    """test.py, infer.py, benchmark.py and export share weights_check's unwrapping, and load what it checked."""
+    from mmseg_ext.weights_check import checkpoint_state_dict, load_weights
+    from utils import build_segmentor
+    config = REPO / 'configs' / '_demo_' / 'segformer-b0.py'
+    source = randomize_(build_segmentor(config), seed=5)
+    path = tmp_path / 'wrapped.pth'
+    torch.save({'meta': {}, 'state_dict': {prefix + k: v for k, v in source.state_dict().items()}}, path)
+    assert checkpoint_state_dict(torch.load(path, weights_only=True)).keys() == source.state_dict().keys()
+    target = build_segmentor(config)
+    assert load_weights(target, str(path)).fits
+    assert all(torch.equal(target.state_dict()[key], value) for key, value in source.state_dict().items())

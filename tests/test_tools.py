@@ -146,3 +146,103 @@ def test_corrupt_image_is_named(tiny_data, tmp_path, damage):
     proc = run_tool(['train.py', write_tiny_config(tmp_path / 'c.py', data)], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2
     assert re.search(rf'corrupt image \(.*\): {re.escape(str(image))}', proc.stderr), proc.stderr
+
+
+# --- checkpoints that cannot be used: one line on stderr and exit status 2 from every tool -------------------
+
+def _tool_command(tool: str, config: Path, checkpoint: Path, tmp_path: Path, image: Path) -> list:
+    return {
+        'test.py': ['test.py', config, checkpoint, '--work-dir', tmp_path / 'w'],
+        'infer.py': ['infer.py', config, checkpoint, image, '--out-dir', tmp_path / 'o'],
+        'benchmark.py': ['benchmark.py', config, checkpoint, '--shape', 64, 128, '--repeats', 1, '--warmup', 0,
+                         '--no-flops'],
+        'convert_checkpoint.py': ['convert_checkpoint.py', checkpoint, tmp_path / 'converted.pth'],
+        'train.py load_from': ['train.py', config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                               f'load_from={checkpoint}'],
+        'train.py --resume': ['train.py', config, '--work-dir', tmp_path / 'w', '--resume', checkpoint],
+    }[tool]
+
+
+def _single_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line a refused checkpoint prints; only the stack's import-time warnings may precede it."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.strip().splitlines()
+             if not re.search(r'\w+Warning: ', line) and not line.startswith('  ')]
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == lines[0]
+    return lines[0]
+
+
+DIAGNOSES = ['random_bytes', 'truncated_zip', 'hostile_pickle']  # not a checkpoint, damaged, unsafe
+# Every diagnosis through test.py and infer.py, and each other tool with one of them (every file kind is
+# diagnosed in test_checkpoint_files.py; the tools share mmseg_ext.safe_unpickler's loader).
+TOOL_CASES = ([('test.py', sample) for sample in DIAGNOSES] + [('infer.py', sample) for sample in DIAGNOSES]
+              + [('benchmark.py', 'truncated_zip'), ('convert_checkpoint.py', 'random_bytes'),
+                 ('train.py load_from', 'hostile_pickle'), ('train.py --resume', 'truncated_zip')])
+
+
+@pytest.mark.parametrize('tool, sample', TOOL_CASES)
+def test_unusable_checkpoint_is_one_line_from_every_tool(tool, sample, trained_run, tiny_data, tmp_path):
+    from checkpoint_samples import EXPECTED, write_sample
+    config, work_dir, _ = trained_run
+    checkpoint = write_sample(sample, tmp_path, work_dir / 'iter_4.pth')
+    image = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))[0]
+    proc = run_tool(_tool_command(tool, config, checkpoint, tmp_path, image), cwd=tmp_path, expect_ok=False)
+    line = _single_error_line(proc)
+    assert EXPECTED[sample][1] in line and str(checkpoint) in line
+    assert not (tmp_path / 'pwned').exists()
+
+
+def _other_class_count_checkpoint(work_dir: Path, path: Path) -> Path:
+    import torch
+    checkpoint = torch.load(work_dir / 'iter_4.pth', weights_only=False)
+    state = checkpoint['state_dict']
+    state['decode_head.conv_seg.weight'] = state['decode_head.conv_seg.weight'][:7].clone()
+    state['decode_head.conv_seg.bias'] = state['decode_head.conv_seg.bias'][:7].clone()
+    torch.save({'meta': {}, 'state_dict': state}, path)
+    return path
+
+
+@pytest.mark.parametrize('tool', ['test.py', 'infer.py', 'benchmark.py'])
+def test_weights_that_do_not_fit_are_refused_before_any_work(tool, trained_run, tiny_data, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    image = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))[0]
+    proc = run_tool(_tool_command(tool, config, checkpoint, tmp_path, image), cwd=tmp_path, expect_ok=False)
+    line = _single_error_line(proc)
+    assert 'weights do not fit the model' in line and '2 of another shape' in line
+    assert 'another class count: the checkpoint predicts 7 classes, the model 19' in line
+    assert 'Iter(test)' not in proc.stdout and not (tmp_path / 'o').exists()  # no evaluation, no outputs
+
+
+def test_partial_weights_are_evaluated_only_when_asked(trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    proc = run_tool(['test.py', config, checkpoint, '--work-dir', tmp_path / 'w', '--allow-partial-weights'],
+                    cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert 'weights do not fit the model' in out and re.search(r'\[test\] aAcc', out)
+
+
+def test_load_from_keeps_mmengine_behaviour_and_logs_the_fit(trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    checkpoint = _other_class_count_checkpoint(work_dir, tmp_path / 'seven_classes.pth')
+    proc = run_tool(['train.py', config, '--work-dir', tmp_path / 'w', '--cfg-options', f'load_from={checkpoint}',
+                     'train_cfg.max_iters=1', 'train_cfg.val_interval=1'], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert 'weights do not fit the model' in log and 'another class count' in log
+    assert _iters_logged(log) == [1]
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_waiting_openmp_threads_sleep_unless_the_environment_says_otherwise(tool):
+    # libgomp prints the settings it started with (OMP_DISPLAY_ENV): the tool must set them before torch loads it.
+    env = {key: value for key, value in os.environ.items() if key not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}
+    env['OMP_DISPLAY_ENV'] = 'TRUE'
+    for explicit, shown in ((None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')):
+        if explicit:
+            env['OMP_WAIT_POLICY'] = explicit
+        proc = subprocess.run([sys.executable, str(TOOLS / tool), '--help'], env=env, capture_output=True, text=True,
+                              timeout=120, check=True)
+        assert f"OMP_WAIT_POLICY = '{shown}'" in proc.stderr

@@ -26,13 +26,13 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from rich.progress import Progress
 
 import mmseg_ext
 from mmseg_ext.benchmarking import peak_memory_mb, randomize_batch_norms, time_alternating, to_mmseg_config
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
+from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,7 +149,11 @@ def main(argv=None) -> int:
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = build_segmentor(cfg.model)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
+        try:
+            load_weights(model, args.checkpoint, partial_flag=None)
+        except CHECKPOINT_ERRORS as error:
+            print(f'error: {error}', file=sys.stderr)
+            return 2
     else:
         randomize_batch_norms(model)
     model.eval()

@@ -7,7 +7,12 @@ repository config to use with the written checkpoint::
     python tools/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
     python tools/test.py "$(python tools/convert_checkpoint.py SRC DST | tail -n 1)" DST
 
-Exit status: 0 on success, 2 for a missing/unreadable source or a checkpoint in no known layout.
+Before writing, the converted tensors are checked against the model the printed config (with the
+``--cfg-options`` the notes name) builds (:mod:`mmseg_ext.weights_check`), so the written file loads
+strictly where it is meant to.
+
+Exit status: 0 on success, 2 for a missing, unreadable (not a checkpoint, damaged, unsafe) source, a
+checkpoint in no known layout, or converted weights that do not fit the config's model.
 """
 import argparse
 import os
@@ -22,6 +27,9 @@ import torch
 import mmseg_ext
 from mmseg_ext.checkpoint_io import check_hf_source_config, read_checkpoint, strip_prefixes, unwrap_state_dict
 from mmseg_ext.converters import CheckpointConverter, ConversionResult, detect_converter, registered_converters
+from mmseg_ext.weights_check import WeightsMismatchError, check_weights
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 class ConversionError(Exception):
@@ -40,7 +48,8 @@ def read_source(source: str) -> Dict[str, torch.Tensor]:
         check_hf_source_config(source)  # a Hugging Face config.json the repository configs cannot build
         checkpoint = read_checkpoint(source, map_location='cpu')
         state_dict = unwrap_state_dict(checkpoint)
-    except (OSError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:  # unreadable, unsafe
+    # unreadable; not a checkpoint, damaged or unsafe (mmseg_ext.safe_unpickler.CheckpointFileError is a ValueError)
+    except (OSError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:
         raise ConversionError(f'cannot read {source}: {error}') from None
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
     if not tensors:
@@ -70,6 +79,25 @@ def choose_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConver
         raise ConversionError(str(error)) from None
 
 
+def check_fits_config(result: ConversionResult) -> None:
+    """Build the model of ``result.config`` (with ``result.cfg_options``) and check the converted tensors fit
+    it exactly; a mismatch means the converter and the config disagree."""
+    from mmengine.config import Config, DictAction
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(osp.join(REPO, result.config))
+    if result.cfg_options:
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *result.cfg_options]).cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model = MODELS.build(cfg.model)  # weights are not initialised: nothing is downloaded
+    try:
+        check_weights(model, result.state_dict, f'the converted checkpoint (for {result.config})', partial_flag=None)
+    except WeightsMismatchError as error:
+        raise ConversionError(str(error)) from None
+
+
 def save_checkpoint(result: ConversionResult, converter: CheckpointConverter, source: str,
                     destination: str) -> None:
     """Write ``{'meta': ..., 'state_dict': ...}`` as mmengine's runner does."""
@@ -89,6 +117,7 @@ def convert(source: str, destination: str) -> ConversionResult:
         result = converter.convert(state_dict)
     except ValueError as error:
         raise ConversionError(f'{converter.name}: {error}') from None
+    check_fits_config(result)
     save_checkpoint(result, converter, source, destination)
     print(f'detected layout: {converter.name}')
     print(f'wrote {destination} ({len(result.state_dict)} tensors)')

@@ -7,7 +7,9 @@ For every input image ``NAME.ext`` it writes, into ``--out-dir``:
 * ``NAME_overlay.png``: the colour mask blended over the image (``--opacity``).
 
 A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_labels/000000.png`` ...
-Inputs are checked before any work starts; an unreadable file stops the run with its name.
+Inputs are checked before any work starts; an unreadable file stops the run with its name. So does a
+checkpoint that is not one, is damaged or unsafe, or whose weights do not fit the config's model
+(:mod:`mmseg_ext.weights_check`; ``--allow-partial-weights`` runs with the tensors that fit).
 
 Example::
 
@@ -18,7 +20,7 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -26,6 +28,7 @@ from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
+from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
@@ -43,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out-dir', required=True, help='directory for the outputs')
     parser.add_argument('--device', default='cpu', help="device to run on, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--opacity', type=float, default=0.5, help='weight of the colour mask in overlays')
+    parser.add_argument('--allow-partial-weights', action='store_true',
+                        help='run even if the checkpoint does not fit the model (missing, unexpected or '
+                        'other-shaped tensors keep the model\'s initial values)')
     args = parser.parse_args(argv)
     if not 0.0 <= args.opacity <= 1.0:
         parser.error(f'--opacity must be within [0, 1], got {args.opacity}')
@@ -90,6 +96,22 @@ def video_frames(path: str) -> Iterator[np.ndarray]:
             yield frame
     finally:
         capture.release()
+
+
+class CheckedInferencer(MMSegInferencer):
+    """``MMSegInferencer`` that refuses weights which do not fit the config's model before loading them."""
+
+    def __init__(self, config: str, checkpoint: str, device: str, allow_partial: bool):
+        self.checkpoint_path = checkpoint
+        self.allow_partial = allow_partial
+        super().__init__(model=config, weights=checkpoint, device=device)
+
+    def _load_weights_to_model(self, model, checkpoint: Optional[dict], cfg) -> None:
+        if checkpoint is not None:
+            log_weights_summary(check_weights(model, checkpoint, self.checkpoint_path, self.allow_partial))
+            # mmseg loads the entries it knows (meta, classes); the weights as the check unwrapped them
+            checkpoint = {**checkpoint, 'state_dict': checkpoint_state_dict(checkpoint)}
+        super()._load_weights_to_model(model, checkpoint, cfg)
 
 
 class Segmenter:
@@ -162,9 +184,13 @@ def main(argv=None) -> int:
     if not osp.isfile(args.checkpoint):
         print(f'error: checkpoint not found: {args.checkpoint}', file=sys.stderr)
         return 2
+    try:
+        inferencer = CheckedInferencer(args.config, args.checkpoint, args.device, args.allow_partial_weights)
+    except CHECKPOINT_ERRORS as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     os.makedirs(args.out_dir, exist_ok=True)
-    segment = Segmenter(MMSegInferencer(model=args.config, weights=args.checkpoint, device=args.device),
-                        args.opacity)
+    segment = Segmenter(inferencer, args.opacity)
     images = [path for kind, path in inputs if kind == 'image']
     try:
         with Progress() as progress:

@@ -1,8 +1,10 @@
 """Test (and evaluate) a segmentor checkpoint with mmengine's runner and mmseg's evaluators.
 
 Flags and flow follow mmseg 1.x's ``tools/test.py``, plus ``--fuse-conv-bn`` (fold BN into convs
-before testing, :func:`mmseg_ext.fuse_conv_bn`) and a check of the data root and checkpoint before the
-runner starts.
+before testing, :func:`mmseg_ext.fuse_conv_bn`) and checks of the data root and checkpoint before the
+runner starts: a file that is not a checkpoint, is damaged or unsafe, or whose weights do not fit the
+config's model stops the run with one line (:mod:`mmseg_ext.weights_check`) instead of evaluating a
+partly random model; ``--allow-partial-weights`` evaluates with the tensors that fit.
 
 Examples::
 
@@ -16,15 +18,22 @@ import os
 import os.path as osp
 import sys
 
+# Before torch starts its OpenMP runtime: waiting threads sleep instead of spinning, so this job and another
+# process on the same cores do not stall each other (an explicit setting in the environment wins).
+if 'OMP_WAIT_POLICY' not in os.environ and 'GOMP_SPINCOUNT' not in os.environ:
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+
 from mmengine.config import Config, DictAction
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
+from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (the config\'s tta_pipeline)')
     parser.add_argument('--no-preflight', action='store_true', help='skip checking the data root and files')
+    parser.add_argument('--allow-partial-weights', action='store_true',
+                        help='evaluate even if the checkpoint does not fit the model (missing, unexpected or '
+                        'other-shaped tensors keep the model\'s initial values)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -105,7 +117,7 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = load_run_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if not osp.isfile(args.checkpoint):
         raise PreflightError(f'checkpoint not found: {args.checkpoint}')
-    cfg.load_from = args.checkpoint
+    # No cfg.load_from: main() reads the checkpoint once and loads it, checked, into the runner's model.
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -131,11 +143,19 @@ def main(argv=None) -> int:
         cfg = build_config(args)
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
-    except PreflightError as error:
+        checkpoint = _load_checkpoint(args.checkpoint, map_location='cpu')  # unreadable files stop here
+    except (PreflightError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     init_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg)
+    try:  # before the runner builds the dataloader: the weights must fit the model it built
+        summary = apply_weights(runner.model, checkpoint, args.checkpoint, args.allow_partial_weights)
+    except CHECKPOINT_ERRORS as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    del checkpoint
+    log_weights_summary(summary)
     if args.fuse_conv_bn:
         runner.register_hook(FuseConvBNHook())
     metrics = runner.test()

@@ -2,7 +2,10 @@
 
 Flags and flow follow mmseg 1.x's ``tools/train.py``; in addition ``--resume`` takes an optional path,
 the data roots and files are checked before the runner starts, and checkpoints load safely on
-torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`).
+torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`). ``load_from`` and ``--resume`` keep mmengine's
+non-strict loading, but the checkpoint is read first: a file that is not a checkpoint, is damaged or is
+unsafe stops the run with one line, and how its weights fit the model is logged
+(:mod:`mmseg_ext.weights_check`).
 
 Examples::
 
@@ -17,13 +20,21 @@ import os
 import os.path as osp
 import sys
 
+# Before torch starts its OpenMP runtime: waiting threads sleep instead of spinning, so this job and another
+# process on the same cores do not stall each other (an explicit setting in the environment wins).
+if 'OMP_WAIT_POLICY' not in os.environ and 'GOMP_SPINCOUNT' not in os.environ:
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
+from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
+from mmseg_ext.safe_unpickler import CheckpointFileError
+from mmseg_ext.weights_check import check_weights, log_weights_summary
 from mmseg.registry import RUNNERS
 
 
@@ -85,8 +96,32 @@ def main(argv=None) -> int:
         return 2
     init_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        report_starting_weights(runner, cfg)
+    except (CheckpointFileError, FileNotFoundError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    try:
+        runner.train()
+    except CheckpointFileError as error:  # a backbone's init_cfg checkpoint, read when training starts
+        print(f'error: {error}', file=sys.stderr)
+        return 2
     return 0
+
+
+def report_starting_weights(runner: Runner, cfg: Config) -> None:
+    """Read the checkpoint ``load_from``/``--resume`` will load and log how its weights fit the model.
+
+    mmengine's behaviour is kept (non-strict loading); a file that cannot be read raises
+    :class:`CheckpointFileError` here, before training starts.
+    """
+    path = cfg.get('load_from')
+    if cfg.get('resume') and not path:
+        path = find_latest_checkpoint(cfg.work_dir)
+    if not path:
+        return
+    checkpoint = _load_checkpoint(path, map_location='cpu')
+    log_weights_summary(check_weights(runner.model, checkpoint, path, allow_partial=True))
 
 
 if __name__ == '__main__':

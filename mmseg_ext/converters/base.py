@@ -26,10 +26,13 @@ class ConversionResult:
         state_dict: Keys and tensors for the segmentor built from ``config``.
         config: Repository path of the config that builds the matching model (printed last by the CLI).
         notes: Human-readable remarks printed by the CLI (class count handling, dropped keys, ...).
+        cfg_options: ``--cfg-options`` (``key=value``) ``config`` needs to build this network, if any
+            (the notes name them too); the CLI builds the model with them to check the converted weights.
     """
     state_dict: Dict[str, torch.Tensor]
     config: str
     notes: List[str] = field(default_factory=list)
+    cfg_options: List[str] = field(default_factory=list)
 
 
 class CheckpointConverter(ABC):

@@ -191,6 +191,7 @@ class ERFNetAuthorsConverter(CheckpointConverter):
             notes.append('Dropped encoder.output_conv: the encoder-stage classifier, unused by the '
                          'full network.')
         classifier = 'decode_head.conv_seg'
+        cfg_options: List[str] = []
         out_dim = 1 if with_decoder else 0  # ConvTranspose2d weights are (in, out, kh, kw)
         if num_outputs == IGNORED_LABEL_OUTPUTS:
             converted[f'{classifier}.weight'] = converted[f'{classifier}.weight'].narrow(
@@ -201,13 +202,13 @@ class ERFNetAuthorsConverter(CheckpointConverter):
                          'dropped; the 19 class logits are unchanged, so predictions are never the '
                          'ignored label.')
         elif num_outputs != CITYSCAPES_CLASSES:
+            cfg_options.append(f'model.decode_head.num_classes={num_outputs}')
             notes.append(f'The classifier has {num_outputs} outputs, not Cityscapes\' 19: set '
-                         f'model.decode_head.num_classes={num_outputs} (e.g. --cfg-options) and a '
-                         'matching dataset.')
+                         f'{cfg_options[0]} (e.g. --cfg-options) and a matching dataset.')
         notes.append('The authors feed RGB images scaled to [0, 1] without mean/std normalisation and '
                      'evaluate at 1024x512; the config does the same.')
-        return ConversionResult(state_dict=converted,
-                                config=FULL_CONFIG if with_decoder else ENCODER_CONFIG, notes=notes)
+        return ConversionResult(state_dict=converted, config=FULL_CONFIG if with_decoder else ENCODER_CONFIG,
+                                notes=notes, cfg_options=cfg_options)
 
 
 register_converter(ERFNetAuthorsConverter())

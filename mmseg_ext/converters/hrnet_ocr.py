@@ -283,7 +283,7 @@ class HRNetOCRConverter(CheckpointConverter):
             notes.append('this network differs from the config below (HRNetV2-W48, Cityscapes); use it with '
                          '--cfg-options ' + ' '.join(overrides)
                          + (' and a dataset with that many classes' if arch.num_classes != 19 else ''))
-        return ConversionResult(state_dict=out, config=AUTHORS_CONFIG, notes=notes)
+        return ConversionResult(state_dict=out, config=AUTHORS_CONFIG, notes=notes, cfg_options=overrides)
 
 
 register_converter(HRNetOCRConverter())
