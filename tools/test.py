@@ -8,6 +8,7 @@ Examples::
 
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
+    python tools/test.py CONFIG MODEL.onnx      # a file from tools/export_onnx.py, run by onnxruntime
     bash tools/dist_test.sh CONFIG CHECKPOINT 2
 """
 import argparse
@@ -23,6 +24,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg_ext.deploy import DeployError, is_onnx_file, use_onnx_model
 from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 
@@ -30,7 +32,7 @@ from mmseg_ext.preflight import PreflightError, check_datasets
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
     parser.add_argument('--work-dir', help='directory for logs and the evaluation results (json)')
     parser.add_argument('--out', help='directory to save the predicted label maps for offline evaluation')
     parser.add_argument('--show', action='store_true', help='show prediction results in a window')
@@ -129,9 +131,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = build_config(args)
+        if is_onnx_file(args.checkpoint):
+            use_onnx_model(cfg, args.checkpoint)
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
-    except PreflightError as error:
+    except (PreflightError, DeployError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     init_distributed_without_cuda(cfg)

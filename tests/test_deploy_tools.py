@@ -1,0 +1,63 @@
+"""tools/export_onnx.py, then tools/test.py and tools/infer.py on the exported file, on the tiny dataset."""
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_tool
+
+pytestmark = pytest.mark.slow
+
+
+def _miou(output: str) -> float:
+    return float(re.search(r'\[test\] aAcc: [\d.]+\s+mIoU: ([\d.]+)', output).group(1))
+
+
+@pytest.fixture(scope='module')
+def exported(trained_run, tmp_path_factory):
+    config, work_dir, _ = trained_run
+    out = tmp_path_factory.mktemp('exported') / 'tiny.onnx'
+    proc = run_tool(['export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--dynamic-shape'],
+                    cwd=out.parent)
+    return out, proc.stdout
+
+
+def test_export_reports_the_difference_and_the_path_last(exported):
+    out, stdout = exported
+    lines = stdout.strip().splitlines()
+    assert lines[-1] == f'[export] {out}'
+    difference = float(re.search(r'largest logit difference ([\d.e+-]+)', lines[-2]).group(1))
+    assert difference < 1e-3
+
+
+def test_test_tool_gives_the_checkpoint_miou_and_the_same_label_maps(exported, trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    onnx_file, _ = exported
+    from_checkpoint = run_tool(['test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp_path / 'pth',
+                                '--out', tmp_path / 'pth_preds'], cwd=tmp_path)
+    from_onnx = run_tool(['test.py', config, onnx_file, '--work-dir', tmp_path / 'onnx', '--out',
+                          tmp_path / 'onnx_preds', '--show-dir', 'overlays'], cwd=tmp_path)
+    assert abs(_miou(from_onnx.stdout) - _miou(from_checkpoint.stdout)) <= 0.1
+    expected = sorted((tmp_path / 'pth_preds').glob('*.png'))
+    assert len(expected) == 4
+    for path in expected:
+        ours = cv2.imread(str(tmp_path / 'onnx_preds' / path.name), cv2.IMREAD_UNCHANGED)
+        assert (ours != cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).mean() < 0.001
+    assert len(list((tmp_path / 'onnx' / 'overlays').rglob('*.png'))) == 4
+
+
+def test_infer_tool_writes_the_checkpoint_masks(exported, trained_run, tiny_data, tmp_path):
+    config, work_dir, _ = trained_run
+    onnx_file, _ = exported
+    images = tiny_data / 'leftImg8bit' / 'val'
+    run_tool(['infer.py', config, work_dir / 'iter_4.pth', images, '--out-dir', tmp_path / 'pth'], cwd=tmp_path)
+    proc = run_tool(['infer.py', config, onnx_file, images, '--out-dir', tmp_path / 'onnx'], cwd=tmp_path)
+    assert '[infer] 4 images' in proc.stdout
+    for path in sorted((tmp_path / 'pth').glob('*_labels.png')):
+        ours = cv2.imread(str(tmp_path / 'onnx' / path.name), cv2.IMREAD_UNCHANGED)
+        assert (ours != cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).mean() < 0.001
+        overlay = path.name.replace('_labels', '_overlay')
+        difference = np.abs(cv2.imread(str(tmp_path / 'onnx' / overlay)).astype(int)
+                            - cv2.imread(str(tmp_path / 'pth' / overlay)).astype(int))
+        assert difference.mean() < 1
