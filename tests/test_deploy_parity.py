@@ -53,3 +53,26 @@ def test_padding_at_test_time_is_mmseg_padding(tmp_path):
     actual = logits(onnx_segmentor(cfg, path, dict(mode='whole')), data)
     assert actual.shape[-2:] == (50, 70)
     assert relative_difference(actual, expected) < TOLERANCE
+
+
+def test_labels_graph_and_metadata(tmp_path):
+    """``--output labels`` puts mmseg's argmax in the graph; the metadata carries what the runtime needs."""
+    import torch
+
+    from mmseg_ext.deploy import OnnxSegmentorSession
+    from mmseg_ext.deploy.export import DeployableSegmentor
+    cfg, model = family_model('erfnet-fcn')
+    path = export(model, cfg, tmp_path / 'labels.onnx', (64, 64), dynamic=False, output='labels')
+    session = OnnxSegmentorSession(str(path))
+    image = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        expected = DeployableSegmentor(model)(image).argmax(1, keepdim=True)
+    labels = session(image)
+    assert labels.dtype == torch.uint8 and torch.equal(labels.long(), expected)
+    meta = session.meta
+    assert (meta.num_classes, meta.classes[0], meta.classes[-1], meta.palette[0]) == (19, 'road', 'bicycle',
+                                                                                      [128, 64, 128])
+    assert (meta.output, meta.shape, meta.mode, meta.bgr_to_rgb) == ('labels', (64, 64), 'whole', True)
+    assert meta.mean == pytest.approx([123.675, 116.28, 103.53])
+    with pytest.raises(DeployError, match='outputs labels; .* export with --output logits'):
+        onnx_segmentor(cfg, path)

@@ -61,3 +61,19 @@ def test_infer_tool_writes_the_checkpoint_masks(exported, trained_run, tiny_data
         difference = np.abs(cv2.imread(str(tmp_path / 'onnx' / overlay)).astype(int)
                             - cv2.imread(str(tmp_path / 'pth' / overlay)).astype(int))
         assert difference.mean() < 1
+
+
+def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
+    config, work_dir, _ = trained_run
+    out = tmp_path / 'tiny_int8.onnx'
+    proc = run_tool(['export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--quantize', 'int8',
+                     '--calibration-images', 2], cwd=tmp_path)
+    assert proc.stdout.strip().splitlines()[-1] == f'[export] {out}'
+    assert (tmp_path / 'tiny_int8_fp32.onnx').is_file()
+    import onnx
+    graph = onnx.load(str(out)).graph
+    assert any(node.op_type == 'QuantizeLinear' for node in graph.node)
+    from mmseg_ext.deploy import OnnxSegmentorSession
+    assert OnnxSegmentorSession(str(out)).meta.quantized.startswith('int8 (per-channel weights, 2 calibration')
+    evaluated = run_tool(['test.py', config, out, '--work-dir', tmp_path / 'int8'], cwd=tmp_path)
+    assert 0.0 <= _miou(evaluated.stdout) <= 100.0

@@ -100,7 +100,7 @@ def load_weights_strict(model: nn.Module, checkpoint: str) -> Dict[str, Any]:
         raise DeployError(f'weights in {checkpoint} do not fit the model: {len(result.missing_keys)} missing keys '
                           f'({listed(result.missing_keys)}), {len(result.unexpected_keys)} unexpected keys '
                           f'({listed(result.unexpected_keys)})')
-    return loaded.get('meta') or {} if isinstance(loaded, dict) else {}
+    return loaded.get('meta') or {}
 
 
 def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> Dict[str, list]:

@@ -6,8 +6,7 @@ fusion, layout transforms to NCHWc blocks on x86), ``threads`` intra-op threads 
 and memory pattern planning (the shapes repeat from call to call). Inputs are bound with IO binding so
 the image is not copied again by the session.
 """
-import os.path as osp
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -118,7 +117,3 @@ class OnnxSegmentorSession:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Graph output for a CPU tensor (N, 3, H, W), as a tensor."""
         return torch.from_numpy(self.run_numpy(images.detach().cpu().numpy()))
-
-    def describe(self) -> Dict[str, object]:
-        return dict(path=osp.abspath(self.path), shape=self.static_shape, output=self.meta.output,
-                    quantized=self.meta.quantized, fused_conv_bn=self.meta.fused_conv_bn)
