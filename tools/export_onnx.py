@@ -26,6 +26,7 @@ import mmseg_ext
 from mmseg_ext.deploy import DeployError
 from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, build_segmentor, compare_with_pytorch,
                                      default_shape, export_segmentor, load_weights_strict)
+from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, quantize_int8
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
 
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'per-channel weights), calibrated on --calibration-images of the train split')
     parser.add_argument('--calibration-images', type=int, default=16, metavar='N',
                         help='train-split images for int8 calibration')
+    parser.add_argument('--int8-ops', nargs='+', metavar='OP', default=list(DEFAULT_OP_TYPES),
+                        help='ONNX operators to quantise with --quantize int8 (default: Conv; see docs/deploy.md)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings in the config')
     args = parser.parse_args(argv)
     if args.shape and min(args.shape) < 1:
@@ -81,8 +84,7 @@ def main(argv=None) -> int:
         print(f'[export] {meta.num_classes} classes, {kind} input {shape[0]}x{shape[1]}, test mode {meta.mode}, '
               f'opset {args.opset}, output {args.output}')
         if args.quantize:
-            from mmseg_ext.deploy.quantize import quantize_int8
-            quantize_int8(float_path, args.out, cfg, args.calibration_images)
+            quantize_int8(float_path, args.out, cfg, args.calibration_images, args.int8_ops)
             print(f'[export] float32 graph: {float_path}')
             float_report, report = report, compare_with_pytorch(wrapper, args.out, shape)
             print(f'[export] float32 graph against PyTorch: {_difference(float_report)}')

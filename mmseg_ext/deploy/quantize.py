@@ -3,12 +3,17 @@
 Weights are quantised per output channel (int8, symmetric), activations per tensor (uint8) from MinMax
 calibration on images of the config's train split loaded with its *test* pipeline (the sizes and
 value ranges the model sees when deployed); the QDQ format lets onnxruntime fuse the quantised
-convolutions and matrix products into its integer kernels.
+convolutions into its integer kernels.
+
+Only convolutions are quantised by default. A per-tensor uint8 scale cannot hold a softmax over
+thousands of positions (OCR's spatial gather gives each pixel a weight near 1/HW, which rounds to 0),
+and quantising attention's matrix products and softmax adds more quantise/dequantise work than the
+integer kernels save; ``op_types`` widens the set.
 """
 import copy
 import os.path as osp
 import tempfile
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 from mmengine.config import Config
@@ -16,7 +21,9 @@ from mmengine.config import Config
 from .metadata import INPUT_NAME, DeployError, DeployMetadata
 from .segmentor import slide_windows
 
-__all__ = ['calibration_inputs', 'quantize_int8']
+__all__ = ['calibration_inputs', 'quantize_int8', 'DEFAULT_OP_TYPES']
+
+DEFAULT_OP_TYPES = ('Conv', )
 
 
 def _train_dataset_with_test_pipeline(cfg: Config):
@@ -67,8 +74,12 @@ class _Reader:
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize_int8(float_path: str, out_path: str, cfg: Config, calibration_images: int) -> DeployMetadata:
-    """Write the int8 version of ``float_path`` to ``out_path``; returns its metadata."""
+def quantize_int8(float_path: str, out_path: str, cfg: Config, calibration_images: int,
+                  op_types: Sequence[str] = DEFAULT_OP_TYPES) -> DeployMetadata:
+    """Write the int8 version of ``float_path`` to ``out_path``; returns its metadata.
+
+    ``op_types``: the ONNX operators to quantise (e.g. ``['Conv', 'MatMul']``); empty: all onnxruntime can.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,7 +96,9 @@ def quantize_int8(float_path: str, out_path: str, cfg: Config, calibration_image
         quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
         quantize_static(prepared, out_path, _Reader(inputs), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    meta.quantized = f'int8 (per-channel weights, {len(inputs)} calibration inputs)'
+                        calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=list(op_types) if op_types else None)
+    operators = ', '.join(op_types) if op_types else 'all quantisable operators'
+    meta.quantized = f'int8 (per-channel weights, {len(inputs)} calibration inputs, {operators})'
     write_metadata(out_path, meta)
     return meta
