@@ -189,6 +189,9 @@ def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = 
 
 def use_onnx_model(cfg: Config, onnx_file: str, threads: Optional[int] = None) -> None:
     """Make ``cfg`` test ``onnx_file`` instead of a checkpoint (also inside a TTA wrapper); in place."""
+    if cfg.get('launcher', 'none') != 'none':
+        raise DeployError(f'an ONNX model is evaluated in one process (onnxruntime has its own threads), '
+                          f'not with --launcher {cfg.launcher}')
     wrapped = 'module' in cfg.model
     model_cfg = cfg.model.module if wrapped else cfg.model
     replacement = onnx_model_config(model_cfg, onnx_file, threads)
