@@ -94,3 +94,12 @@ def test_checkpoint_that_does_not_fit_is_refused_listing_keys(erfnet, tmp_path):
     with pytest.raises(DeployError, match=r'1 missing keys \(decode_head.conv_seg.weight\), 1 unexpected keys '
                        r'\(backbone.extra.weight\)'):
         load_weights_strict(model, str(tmp_path / 'bad.pth'))
+
+
+def test_onnx_model_is_not_run_distributed(erfnet):
+    from mmseg_ext.deploy import use_onnx_model
+    cfg, _, path = erfnet
+    cfg = cfg.copy()
+    cfg.launcher = 'pytorch'
+    with pytest.raises(DeployError, match='evaluated in one process .* not with --launcher pytorch'):
+        use_onnx_model(cfg, str(path))
