@@ -13,6 +13,8 @@ Examples::
         --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg
     python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         --shape 1024 2048 --mode slide --compare-mmseg --json b0.json
+    python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
+        --shape 512 1024 --mode whole --backend onnxruntime --compare-mmseg --threads 2
 """
 import argparse
 import contextlib
@@ -58,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--no-flops', action='store_true', help='skip counting FLOPs (it traces the model)')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                        help='onnxruntime: also time the model exported to ONNX (conv-BN folded, static shape) in '
+                        'onnxruntime (mmseg_ext.deploy), with --threads intra-op threads')
+    parser.add_argument('--int8', action='store_true', help='with --backend onnxruntime: quantise the exported '
+                        "model to int8, calibrated on the config's train split (needs its data)")
     args = parser.parse_args(argv)
     for name in ('batch', 'repeats'):
         if getattr(args, name) < 1:
@@ -157,6 +164,15 @@ def main(argv=None) -> int:
     else:
         randomize_batch_norms(model)
     model.eval()
+    onnxruntime_variant, onnxruntime_ratio = None, None
+    if args.backend == 'onnxruntime':
+        from mmseg_ext.deploy.bench import ONNXRUNTIME_LABEL, OnnxRuntimeVariant
+        mode = args.mode or (model.test_cfg or {}).get('mode', 'whole')
+        test_cfg = dict(model.test_cfg or {})
+        onnxruntime_variant = OnnxRuntimeVariant(
+            model, cfg, mode, tuple(args.shape), tuple(args.crop or test_cfg.get('crop_size', (1024, 1024))),
+            tuple(args.stride or test_cfg.get('stride', (768, 768))), threads=torch.get_num_threads(),
+            quantize_cfg=cfg if args.int8 else None)
     models: Dict[str, nn.Module] = {}
     if args.compare_mmseg:
         try:
@@ -184,6 +200,9 @@ def main(argv=None) -> int:
     for name, m in models.items():
         x = inputs.contiguous(memory_format=torch.channels_last) if (args.channels_last and m is model) else inputs
         runs[name] = make_runner(m, x, args)
+    if onnxruntime_variant is not None:
+        runs[ONNXRUNTIME_LABEL] = onnxruntime_variant.runner(inputs)
+        models[ONNXRUNTIME_LABEL] = gflops_model
 
     gflops = None
     if not args.no_flops:
@@ -209,16 +228,22 @@ def main(argv=None) -> int:
         ratio = dict(speedup=timings['mmseg'].median / timings[label].median,
                      memory_ratio=memory[label] / max(memory['mmseg'], 1e-9),
                      max_abs_diff=(ours - theirs).abs().max().item())
+    if onnxruntime_variant is not None:
+        onnxruntime_ratio = OnnxRuntimeVariant.ratios(timings, (label, 'mmseg'))
+        if args.compare_mmseg:
+            onnxruntime_ratio['max_abs_diff_to_mmseg'] = (runs[ONNXRUNTIME_LABEL]().float() - theirs).abs().max().item()
     header = (f'{args.config} | {mode} {args.shape[0]}x{args.shape[1]}, batch {args.batch} | {device.type}, '
               f'{torch.get_num_threads()} threads | torch {torch.__version__} | {platform.processor() or platform.machine()}')
     print(header)
     print(markdown_table(rows, ratio))
+    if onnxruntime_variant is not None:
+        print('; '.join(f'{key}: {value:.3g}' for key, value in onnxruntime_ratio.items()))
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(dict(config=args.config, checkpoint=args.checkpoint, mode=mode, shape=list(args.shape),
                            batch=args.batch, device=device.type, threads=torch.get_num_threads(),
                            torch=torch.__version__, repeats=args.repeats, warmup=args.warmup, results=rows,
-                           comparison=ratio), file, indent=2)
+                           comparison=ratio, onnxruntime=onnxruntime_ratio), file, indent=2)
     return 0
 
 

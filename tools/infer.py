@@ -28,6 +28,7 @@ from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
+from mmseg_ext.deploy import DeployError, is_onnx_file, onnx_inferencer
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -41,7 +42,7 @@ class InputError(ValueError):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Segment images, folders or videos')
     parser.add_argument('config', help='model config file (or mmseg::... name)')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
     parser.add_argument('inputs', nargs='+', help='image files, folders of images, or video files')
     parser.add_argument('--out-dir', required=True, help='directory for the outputs')
     parser.add_argument('--device', default='cpu', help="device to run on, e.g. 'cpu' or 'cuda:0'")
@@ -185,8 +186,9 @@ def main(argv=None) -> int:
         print(f'error: checkpoint not found: {args.checkpoint}', file=sys.stderr)
         return 2
     try:
-        inferencer = CheckedInferencer(args.config, args.checkpoint, args.device, args.allow_partial_weights)
-    except CHECKPOINT_ERRORS as error:
+        inferencer = (onnx_inferencer(args.config, args.checkpoint, args.device) if is_onnx_file(args.checkpoint)
+                      else CheckedInferencer(args.config, args.checkpoint, args.device, args.allow_partial_weights))
+    except (DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     os.makedirs(args.out_dir, exist_ok=True)

@@ -10,6 +10,7 @@ Examples::
 
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
+    python tools/test.py CONFIG MODEL.onnx      # a file from tools/export_onnx.py, run by onnxruntime
     bash tools/dist_test.sh CONFIG CHECKPOINT 2
 """
 import argparse
@@ -31,6 +32,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg_ext.deploy import DeployError, is_onnx_file, use_onnx_model
 from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
@@ -39,7 +41,7 @@ from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weight
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
     parser.add_argument('--work-dir', help='directory for logs and the evaluation results (json)')
     parser.add_argument('--out', help='directory to save the predicted label maps for offline evaluation')
     parser.add_argument('--show', action='store_true', help='show prediction results in a window')
@@ -139,23 +141,28 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    onnx = is_onnx_file(args.checkpoint)
     try:
         cfg = build_config(args)
+        if onnx:
+            use_onnx_model(cfg, args.checkpoint)
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
-        checkpoint = _load_checkpoint(args.checkpoint, map_location='cpu')  # unreadable files stop here
-    except (PreflightError, *CHECKPOINT_ERRORS) as error:
+        # unreadable checkpoints stop here, before the runner is built
+        checkpoint = None if onnx else _load_checkpoint(args.checkpoint, map_location='cpu')
+    except (PreflightError, DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     init_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg)
-    try:  # before the runner builds the dataloader: the weights must fit the model it built
-        summary = apply_weights(runner.model, checkpoint, args.checkpoint, args.allow_partial_weights)
-    except CHECKPOINT_ERRORS as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    del checkpoint
-    log_weights_summary(summary)
+    if checkpoint is not None:
+        try:  # before the runner builds the dataloader: the weights must fit the model it built
+            summary = apply_weights(runner.model, checkpoint, args.checkpoint, args.allow_partial_weights)
+        except CHECKPOINT_ERRORS as error:
+            print(f'error: {error}', file=sys.stderr)
+            return 2
+        del checkpoint
+        log_weights_summary(summary)
     if args.fuse_conv_bn:
         runner.register_hook(FuseConvBNHook())
     metrics = runner.test()

@@ -1,0 +1,220 @@
+"""An mmseg segmentor that runs an exported ONNX file, so mmengine's runner, mmseg's evaluators, the
+visualiser and ``MMSegInferencer`` use it as they use the PyTorch model.
+
+``predict`` reproduces :class:`mmseg.models.EncoderDecoder`: the same ``whole`` and ``slide`` inference
+(window grid, summing and counting of overlapping logits) around the graph, which replaces
+``encode_decode``, and mmseg's own ``postprocess_result`` (padding removed, flip undone, bilinear resize
+to the original size, argmax).
+"""
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmseg.models.data_preprocessor import SegDataPreProcessor
+from mmseg.models.segmentors.base import BaseSegmentor
+from torch import Tensor
+
+from mmseg_ext.registry import MODELS
+
+from .metadata import DeployError
+from .runtime import OnnxSegmentorSession
+
+__all__ = ['ONNXRuntimeSegmentor', 'RawSegDataPreProcessor', 'slide_windows', 'onnx_model_config', 'use_onnx_model',
+           'onnx_inferencer']
+
+
+def slide_windows(height: int, width: int, crop: Sequence[int],
+                  stride: Sequence[int]) -> Iterator[Tuple[int, int, int, int]]:
+    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows over an image of ``height`` x ``width``."""
+    (h_crop, w_crop), (h_stride, w_stride) = crop, stride
+    h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y2 = min(h_idx * h_stride + h_crop, height)
+            x2 = min(w_idx * w_stride + w_crop, width)
+            yield max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2
+
+
+@MODELS.register_module()
+class RawSegDataPreProcessor(SegDataPreProcessor):
+    """mmseg's test-time preprocessing minus what the exported graph does itself.
+
+    Stacks the images as loaded (channel order kept, float32, not normalised) and pads them as the
+    config's ``SegDataPreProcessor`` would (its ``test_cfg`` size or size divisor), filling the padding
+    with the raw pixel that the graph normalises to the config's ``pad_val``.
+    """
+
+    def __init__(self, pad_pixel: Sequence[float], seg_pad_val: int = 255, test_cfg: Optional[dict] = None):
+        super().__init__(mean=None, std=None, pad_val=0, seg_pad_val=seg_pad_val, bgr_to_rgb=False,
+                         test_cfg=test_cfg)
+        self.register_buffer('pad_pixel', torch.tensor(pad_pixel, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, preprocessor_cfg: dict) -> dict:
+        """The config of this preprocessor matching the config's ``SegDataPreProcessor`` settings."""
+        mean = preprocessor_cfg.get('mean') or [0.0, 0.0, 0.0]
+        std = preprocessor_cfg.get('std') or [1.0, 1.0, 1.0]
+        pad_val = preprocessor_cfg.get('pad_val', 0)
+        pixel = [m + pad_val * s for m, s in zip(mean, std)]  # in the normalised (converted) channel order
+        if preprocessor_cfg.get('bgr_to_rgb') or preprocessor_cfg.get('rgb_to_bgr'):
+            pixel = pixel[::-1]  # the graph's input keeps the loaded order
+        return dict(type='mmseg_ext.RawSegDataPreProcessor', pad_pixel=pixel,
+                    seg_pad_val=preprocessor_cfg.get('seg_pad_val', 255), test_cfg=preprocessor_cfg.get('test_cfg'))
+
+    def forward(self, data: dict, training: bool = False) -> Dict[str, object]:
+        if training:
+            raise DeployError('an exported ONNX model cannot be trained')
+        data = super().forward(data, training=False)
+        samples = data.get('data_samples') or []
+        for image, sample in zip(data['inputs'], samples):
+            left, right, top, bottom = sample.metainfo.get('img_padding_size', (0, 0, 0, 0))
+            height, width = image.shape[-2:]
+            if bottom:
+                image[:, height - bottom:, :] = self.pad_pixel
+            if right:
+                image[:, :, width - right:] = self.pad_pixel
+            if left or top:  # mmseg pads only right and bottom
+                raise DeployError(f'unexpected left/top padding {sample.metainfo["img_padding_size"]}')
+        return data
+
+
+@MODELS.register_module()
+class ONNXRuntimeSegmentor(BaseSegmentor):
+    """Runs a file written by ``tools/export_onnx.py`` with onnxruntime; predicts like ``EncoderDecoder``.
+
+    Args:
+        onnx_file: the exported graph (its metadata gives classes, palette and the exported test mode).
+        data_preprocessor: normally :class:`RawSegDataPreProcessor` (the graph normalises).
+        test_cfg: ``mode`` (``'whole'`` or ``'slide'``), ``crop_size`` and ``stride``; default: the file's.
+        threads: onnxruntime intra-op threads (default: onnxruntime's).
+    """
+
+    def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None, test_cfg: Optional[dict] = None,
+                 threads: Optional[int] = None, init_cfg: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.session = OnnxSegmentorSession(onnx_file, threads=threads)
+        meta = self.session.meta
+        if meta.output != 'logits':
+            raise DeployError(f'{onnx_file} outputs {meta.output}; mmseg\'s evaluation resizes logits to each image\'s '
+                              'original size before the argmax: export with --output logits')
+        if test_cfg is None:
+            test_cfg = dict(mode=meta.mode, crop_size=meta.crop_size, stride=meta.stride)
+        self.test_cfg = ConfigDict(test_cfg)
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode not in ('whole', 'slide'):
+            raise DeployError(f'test mode must be "whole" or "slide", got {mode!r}')
+        if mode == 'slide' and meta.shape is not None and tuple(self.test_cfg.crop_size) != tuple(meta.shape):
+            crop = tuple(self.test_cfg.crop_size)
+            raise DeployError(f'slide crop_size {crop[0]}x{crop[1]} does not fit the static graph of '
+                              f'{meta.shape[0]}x{meta.shape[1]} in {onnx_file}: export with --shape {crop[0]} '
+                              f'{crop[1]} or --dynamic-shape')
+        self.align_corners = meta.align_corners
+        self.out_channels = self.num_classes = meta.num_classes
+        self.dataset_meta = dict(classes=meta.classes, palette=meta.palette)
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """Logits of the graph at the input's size (mmseg's ``encode_decode`` on an image or a window)."""
+        return self.session(inputs)
+
+    def extract_feat(self, inputs: Tensor) -> List[Tensor]:
+        raise DeployError('an exported ONNX model gives logits only, not backbone features')
+
+    def loss(self, inputs: Tensor, data_samples) -> dict:
+        raise DeployError('an exported ONNX model cannot be trained')
+
+    def _forward(self, inputs: Tensor, data_samples=None) -> Tensor:
+        return self.encode_decode(inputs, [])
+
+    def predict(self, inputs: Tensor, data_samples=None):
+        if data_samples is not None:
+            batch_img_metas = [sample.metainfo for sample in data_samples]
+        else:
+            shape = inputs.shape[2:]
+            batch_img_metas = [dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])
+                               ] * inputs.shape[0]
+        return self.postprocess_result(self.inference(inputs, batch_img_metas), data_samples)
+
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        if self.test_cfg.get('mode', 'whole') == 'slide':
+            return self.slide_inference(inputs, batch_img_metas)
+        return self.encode_decode(inputs, batch_img_metas)
+
+    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """mmseg's sliding window: logits of overlapping windows summed, divided by the overlap count."""
+        batch_size, _, height, width = inputs.shape
+        preds = inputs.new_zeros((batch_size, self.out_channels, height, width))
+        count = inputs.new_zeros((batch_size, 1, height, width))
+        for y1, y2, x1, x2 in slide_windows(height, width, self.test_cfg.crop_size, self.test_cfg.stride):
+            preds[:, :, y1:y2, x1:x2] += self.encode_decode(inputs[:, :, y1:y2, x1:x2], batch_img_metas)
+            count[:, :, y1:y2, x1:x2] += 1
+        return preds / count
+
+
+def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = None) -> ConfigDict:
+    """The ONNX Runtime segmentor for ``onnx_file`` in place of ``model_cfg``, checked against it.
+
+    The config's test mode, crop and stride are used (so ``--cfg-options model.test_cfg...`` works), with
+    the file's number of classes and normalisation checked against the config's.
+
+    Raises:
+        DeployError: for a missing or unreadable file, or one whose classes, normalisation or static input
+            size do not match the config (both values named).
+    """
+    meta = OnnxSegmentorSession(onnx_file, threads=threads).meta
+    heads = model_cfg.get('decode_head')
+    last_head = heads[-1] if isinstance(heads, (list, tuple)) else heads
+    config_classes = (last_head or {}).get('num_classes')
+    if config_classes is not None and config_classes != meta.num_classes:
+        raise DeployError(f'{onnx_file} predicts {meta.num_classes} classes but the config\'s decode head has '
+                          f'{config_classes}')
+    preprocessor = dict(model_cfg.get('data_preprocessor') or {})
+    for key, default in (('mean', []), ('std', [])):
+        configured = [float(v) for v in (preprocessor.get(key) or default)]
+        if configured and [round(v, 5) for v in configured] != [round(v, 5) for v in getattr(meta, key)]:
+            raise DeployError(f'{onnx_file} normalises with {key} {getattr(meta, key)} but the config\'s '
+                              f'data_preprocessor has {configured}')
+    if bool(preprocessor.get('bgr_to_rgb')) != meta.bgr_to_rgb:
+        raise DeployError(f'{onnx_file} was exported with bgr_to_rgb={meta.bgr_to_rgb} but the config has '
+                          f'{bool(preprocessor.get("bgr_to_rgb"))}')
+    test_cfg = dict(model_cfg.get('test_cfg') or dict(mode=meta.mode, crop_size=meta.crop_size, stride=meta.stride))
+    test_cfg.setdefault('mode', 'whole')
+    if test_cfg['mode'] == 'slide' and meta.shape is not None and tuple(test_cfg['crop_size']) != tuple(meta.shape):
+        crop = tuple(test_cfg['crop_size'])
+        raise DeployError(f'{onnx_file} takes {meta.shape[0]}x{meta.shape[1]} inputs but the config slides '
+                          f'{crop[0]}x{crop[1]} windows: export with --shape {crop[0]} {crop[1]} or --dynamic-shape')
+    return ConfigDict(type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=onnx_file, threads=threads,
+                      data_preprocessor=RawSegDataPreProcessor.from_config(preprocessor), test_cfg=test_cfg)
+
+
+def use_onnx_model(cfg: Config, onnx_file: str, threads: Optional[int] = None) -> None:
+    """Make ``cfg`` test ``onnx_file`` instead of a checkpoint (also inside a TTA wrapper); in place."""
+    if cfg.get('launcher', 'none') != 'none':
+        raise DeployError(f'an ONNX model is evaluated in one process (onnxruntime has its own threads), '
+                          f'not with --launcher {cfg.launcher}')
+    wrapped = 'module' in cfg.model
+    model_cfg = cfg.model.module if wrapped else cfg.model
+    replacement = onnx_model_config(model_cfg, onnx_file, threads)
+    if wrapped:
+        cfg.model.module = replacement
+    else:
+        cfg.model = replacement
+    cfg.load_from = None
+
+
+def onnx_inferencer(config: str, onnx_file: str, device: str = 'cpu'):
+    """mmseg's ``MMSegInferencer`` running ``onnx_file`` (classes and palette from the file)."""
+    from mmseg.apis import MMSegInferencer
+
+    from mmseg_ext.launch import load_run_config
+
+    class OnnxSegInferencer(MMSegInferencer):
+
+        def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
+            """The ONNX file holds the weights, and the model took its class names from it."""
+
+    if device != 'cpu':
+        raise DeployError(f'the ONNX Runtime segmentor runs on the CPU; got --device {device}')
+    cfg = load_run_config(config)
+    use_onnx_model(cfg, onnx_file)
+    return OnnxSegInferencer(model=cfg, weights=None, device=device)
