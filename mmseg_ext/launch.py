@@ -1,5 +1,4 @@
 """Config and process-group set-up shared by ``tools/train.py`` and ``tools/test.py``."""
-import datetime
 import logging
 import os.path as osp
 from typing import Optional
@@ -10,7 +9,7 @@ from mmengine.logging import print_log
 
 from .preflight import check_config_path
 
-__all__ = ['load_run_config', 'init_distributed_without_cuda']
+__all__ = ['load_run_config']
 
 
 def load_run_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
@@ -44,18 +43,3 @@ def _adapt_distributed_to_cpu(cfg: Config) -> None:
                                                    find_unused_parameters=cfg.get('find_unused_parameters', False))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
-
-
-def init_distributed_without_cuda(cfg: Config) -> None:
-    """Start the process group for ``--launcher pytorch`` on a machine without CUDA.
-
-    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` unconditionally, which fails on a
-    CPU build of torch. The runner skips its own initialisation when a process group exists, so
-    starting it here (from torchrun's environment variables) is enough. No-op in every other case.
-    """
-    if cfg.get('launcher') != 'pytorch' or torch.cuda.is_available() or torch.distributed.is_initialized():
-        return
-    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
-    timeout = dist_cfg.get('timeout')
-    kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
-    torch.distributed.init_process_group(backend=dist_cfg.get('backend', 'gloo'), **kwargs)

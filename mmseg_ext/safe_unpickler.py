@@ -6,6 +6,7 @@ argument, so checkpoints its own runner wrote fail to load: besides tensors they
 ``builtins.getattr`` (for ``HistoryBuffer``'s statistics methods). Turning ``weights_only`` off would let any checkpoint run code on load.
 
 This module keeps torch's restricted unpickler and widens its allow-list, only while mmengine loads a
+(routed here by :mod:`mmseg_ext.compat`)
 local file, by exactly those types. ``builtins.getattr`` is not allowed as such (chained attribute
 access on allowed objects reaches arbitrary functions); the name is bound to :func:`_restricted_getattr`,
 which resolves only the names those files look up.
@@ -33,10 +34,9 @@ from typing import Any, Callable, List, Tuple, Union
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = ['CheckpointFileError', 'NotACheckpointError', 'DamagedCheckpointError', 'UnsafeCheckpointError',
-           'load_checkpoint_file', 'diagnose_file', 'mmengine_safe_globals', 'install']
+           'load_checkpoint_file', 'diagnose_file', 'mmengine_safe_globals']
 
 
 class CheckpointFileError(ValueError):
@@ -266,13 +266,3 @@ def _unpickler_reason(message: str) -> str:
     if 'Weights only load failed' in reason:  # messages without the 'WeightsUnpickler error:' marker
         reason = reason.split('trusted source.', 1)[-1]
     return ' '.join(reason.split()) or message
-
-
-def _load_local(filename: str, map_location: Any = None) -> Any:
-    return load_checkpoint_file(filename, map_location)
-
-
-def install() -> None:
-    """Route mmengine's loading of local files (``load_from``, ``resume``, ``init_cfg``) through
-    :func:`load_checkpoint_file`. Idempotent."""
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)

@@ -33,7 +33,8 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg_ext.deploy import DeployError, is_onnx_file, use_onnx_model
-from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
+from mmseg_ext.compat import start_cpu_process_group
+from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
 
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     except (PreflightError, DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    init_distributed_without_cuda(cfg)
+    start_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     if checkpoint is not None:
         try:  # before the runner builds the dataloader: the weights must fit the model it built

@@ -31,7 +31,8 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.launch import init_distributed_without_cuda, load_run_config
+from mmseg_ext.compat import start_cpu_process_group
+from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
 from mmseg_ext.safe_unpickler import CheckpointFileError
 from mmseg_ext.weights_check import check_weights, log_weights_summary
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     except PreflightError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    init_distributed_without_cuda(cfg)
+    start_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         report_starting_weights(runner, cfg)

@@ -1,0 +1,42 @@
+"""mmseg_ext.compat: each workaround is applied exactly where the installed versions need it."""
+import mmengine
+from mmengine.config import Config
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.utils import digit_version
+
+import mmseg_ext.compat as compat
+from mmseg_ext.safe_unpickler import load_checkpoint_file
+
+
+def _local_loader():
+    return CheckpointLoader._schemes['']
+
+
+def test_the_installed_mmengine_gets_the_safe_local_loader():
+    assert compat.MMENGINE_LOADS_UNSAFELY == (digit_version(mmengine.__version__) <= digit_version('0.10.7'))
+    assert _local_loader() is load_checkpoint_file
+
+
+def test_a_fixed_mmengine_keeps_its_own_loader(monkeypatch):
+    sentinel = object()
+    monkeypatch.setitem(CheckpointLoader._schemes, '', sentinel)
+    monkeypatch.setattr(compat, 'MMENGINE_LOADS_UNSAFELY', False)
+    compat.apply()
+    assert _local_loader() is sentinel
+    monkeypatch.setattr(compat, 'MMENGINE_LOADS_UNSAFELY', True)
+    compat.apply()
+    assert _local_loader() is load_checkpoint_file
+
+
+def test_cpu_process_group_is_started_only_for_the_pytorch_launcher_without_cuda(monkeypatch):
+    started = []
+    monkeypatch.setattr('torch.distributed.init_process_group', lambda **kwargs: started.append(kwargs))
+    monkeypatch.setattr('torch.distributed.is_initialized', lambda: False)
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    compat.start_cpu_process_group(Config(dict(launcher='none')))
+    monkeypatch.setattr(compat, 'MMENGINE_LAUNCHER_NEEDS_CUDA', False)
+    compat.start_cpu_process_group(Config(dict(launcher='pytorch')))
+    assert started == []
+    monkeypatch.setattr(compat, 'MMENGINE_LAUNCHER_NEEDS_CUDA', True)
+    compat.start_cpu_process_group(Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='gloo')))))
+    assert started == [dict(backend='gloo')]
