@@ -2,22 +2,29 @@
 
 Each entry says what it works around and applies only where the installed versions need it; when a
 release fixes the bug, moving the bound retires the workaround. :func:`apply` runs on ``import
-mmseg_ext``; :func:`start_cpu_process_group` is called by the tools once a run's config is known.
+mmseg_ext``; :func:`start_cpu_process_group` is called by the tools once a run's config is known, and
+:func:`traceable_upsampling` by the ONNX export.
 
 * **mmengine <= 0.10.7 loads checkpoints with a bare ``torch.load``** (no ``weights_only``): since
   torch 2.6 that refuses the files mmengine's own runner writes, and before it any file may run code.
   Local files go through :func:`mmseg_ext.safe_unpickler.load_checkpoint_file` instead.
 * **mmengine <= 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device``**, which fails on a CPU
   build of torch, so ``--launcher pytorch`` (torchrun) cannot start without CUDA.
+* **mmseg's ``Upsample`` (1.x up to 1.2.2) sizes its output with Python ints**, which an ONNX trace
+  freezes to the example's size: :func:`traceable_upsampling` swaps its forward while exporting.
 """
+import contextlib
 import datetime
 
 import mmengine
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.utils import digit_version
+from torch import nn
 
-__all__ = ['apply', 'start_cpu_process_group', 'MMENGINE_LOADS_UNSAFELY', 'MMENGINE_LAUNCHER_NEEDS_CUDA']
+__all__ = ['apply', 'start_cpu_process_group', 'traceable_upsampling', 'MMENGINE_LOADS_UNSAFELY',
+           'MMENGINE_LAUNCHER_NEEDS_CUDA']
 
 _MMENGINE = digit_version(mmengine.__version__)
 
@@ -50,3 +57,23 @@ def start_cpu_process_group(cfg: Config) -> None:
     timeout = dist_cfg.get('timeout')
     kwargs = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
     torch.distributed.init_process_group(backend=dist_cfg.get('backend', 'gloo'), **kwargs)
+
+
+def _upsample_by_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=module.scale_factor, mode=module.mode, align_corners=module.align_corners)
+
+
+@contextlib.contextmanager
+def traceable_upsampling(model: nn.Module):
+    """mmseg's ``Upsample`` computes its output size with Python ints (``int(t * scale_factor)``), which
+    a trace freezes to the example's size; while exporting it interpolates by its scale factor instead:
+    the same output size (floor of size x scale) and the same sampling positions (1 / scale)."""
+    from mmseg.models.utils import Upsample
+    patched = [m for m in model.modules() if isinstance(m, Upsample) and not m.size and m.scale_factor]
+    for module in patched:
+        module.forward = _upsample_by_scale.__get__(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward

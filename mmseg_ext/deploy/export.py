@@ -7,7 +7,6 @@ mmseg's ``encode_decode`` returns for one image or one sliding window. Padding, 
 resize to the original image size stay outside the graph, in :class:`~mmseg_ext.deploy.ONNXRuntimeSegmentor`,
 so that one graph serves both test modes as mmseg runs them.
 """
-import contextlib
 import copy
 import math
 import re
@@ -18,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.config import Config
 
+from mmseg_ext.compat import traceable_upsampling
 from .metadata import INPUT_NAME, METADATA_KEY, DeployError, DeployMetadata
 
 __all__ = ['DeployableSegmentor', 'build_segmentor', 'load_weights_strict', 'dataset_meta', 'default_shape',
@@ -166,26 +166,6 @@ def _modules_calling(wrapper: nn.Module, example: torch.Tensor, operator: str) -
         module = modules.get(name)
         described.append(f'{name} ({type(module).__name__})' if module is not None else name)
     return described
-
-
-def _upsample_by_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=module.scale_factor, mode=module.mode, align_corners=module.align_corners)
-
-
-@contextlib.contextmanager
-def traceable_upsampling(model: nn.Module):
-    """mmseg's ``Upsample`` computes its output size with Python ints (``int(t * scale_factor)``), which
-    a trace freezes to the example's size; while exporting it interpolates by its scale factor instead:
-    the same output size (floor of size x scale) and the same sampling positions (1 / scale)."""
-    from mmseg.models.utils import Upsample
-    patched = [m for m in model.modules() if isinstance(m, Upsample) and not m.size and m.scale_factor]
-    for module in patched:
-        module.forward = _upsample_by_scale.__get__(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def export_onnx(wrapper: DeployableSegmentor, path: str, shape: Tuple[int, int], dynamic: bool = False,
