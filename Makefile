@@ -24,13 +24,14 @@ PYTEST_ARGS ?=
 BENCH_DIR ?= work_dirs/bench
 BENCH_ARGS ?= --repeats 5 --warmup 1
 BENCH_OUT ?= docs/benchmark_cpu.md
+BENCH_FAMILY_DIR ?= docs/bench
 
 .PHONY: help install demo demo-data test bench clean
 
 help:
 	@echo "make demo [MODEL=erfnet|segformer-b0|ocrnet-hr18s]  install, make demo data, train, evaluate"
 	@echo "make test                                           install, then run the test suite"
-	@echo "make bench                                          plugin vs mmseg speed table ($(BENCH_OUT))"
+	@echo "make bench                                          plugin vs mmseg speed tables ($(BENCH_OUT), $(BENCH_FAMILY_DIR)/)"
 	@echo "make install                                        only install (.venv or the active venv)"
 
 install: $(STAMP)
@@ -61,15 +62,23 @@ demo: demo-data
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# ERFNet and OCRNet-HR18 on their fastest eager path (folded, channels_last), SegFormer as configured;
-# each against mmseg's own implementation with the same weights, alternating in one process.
+# Every family against mmseg's own implementation with the same weights, the variants alternating in one
+# process (tools/benchmark.py); the tables are generated from the JSON results, never copied by hand.
+# One command per row, each announced by a progress line; the rows are chosen to fit 10 minutes on 2 cores.
+BENCH := $(PY) tools/benchmark.py
 bench: install
 	@mkdir -p "$(BENCH_DIR)"
-	$(PY) tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
-	$(PY) tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/ocrnet_hr18.json"
-	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
-	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b2.json"
-	$(PY) tools/benchmark_table.py "$(BENCH_DIR)/erfnet.json" "$(BENCH_DIR)/ocrnet_hr18.json" "$(BENCH_DIR)/segformer_b0.json" "$(BENCH_DIR)/segformer_b2.json" --out "$(BENCH_OUT)"
+	@echo "[bench 1/5] ERFNet 512x1024 inference: mmseg, configured, folded+channels-last, compiled"
+	$(BENCH) configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg configured folded+channels-last compiled $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
+	@echo "[bench 2/5] OCRNet-HR18 512x1024 inference: mmseg, folded+channels-last, compiled"
+	$(BENCH) configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg folded+channels-last compiled $(BENCH_ARGS) --json "$(BENCH_DIR)/ocrnet_hr18.json"
+	@echo "[bench 3/5] SegFormer-B0 512x1024 inference: mmseg, configured, compiled"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured compiled $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
+	@echo "[bench 4/5] SegFormer-B2 1024x1024 inference: mmseg, configured"
+	$(BENCH) configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --variants mmseg configured $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b2.json"
+	@echo "[bench 5/5] SegFormer-B0 1024x1024 training step, glibc default and tuned allocator: mmseg, configured"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --task train-step --shape 1024 1024 --variants mmseg configured --allocator both --repeats 3 --warmup 1 --json "$(BENCH_DIR)/segformer_b0_train.json"
+	$(PY) tools/benchmark_table.py "$(BENCH_DIR)/erfnet.json" "$(BENCH_DIR)/ocrnet_hr18.json" "$(BENCH_DIR)/segformer_b0.json" "$(BENCH_DIR)/segformer_b2.json" "$(BENCH_DIR)/segformer_b0_train.json" --out "$(BENCH_OUT)" --family-dir "$(BENCH_FAMILY_DIR)"
 
 clean:
 	rm -rf work_dirs "$(DEMO_DATA)" build *.egg-info
