@@ -14,6 +14,7 @@ import copy
 import ctypes
 import gc
 import inspect
+import logging
 import math
 import os
 import re
@@ -431,6 +432,7 @@ def train_step_runner(subject: Subject, images: Tensor, labels: Tensor, optim_wr
     Raises:
         ValueError: for a path that cannot be trained (folded, or not a module).
     """
+    from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -438,7 +440,13 @@ def train_step_runner(subject: Subject, images: Tensor, labels: Tensor, optim_wr
         raise ValueError('this variant cannot be trained (a folded model has no batch norms to train, an '
                          'exported runtime no autograd)')
     module = subject.module.train()
-    optim_wrapper = build_optim_wrapper(module, copy.deepcopy(optim_wrapper_cfg))
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not a line per parameter group
+    try:
+        optim_wrapper = build_optim_wrapper(module, copy.deepcopy(optim_wrapper_cfg))
+    finally:
+        logger.setLevel(level)
     images = images.contiguous(memory_format=subject.memory_format)
     samples = []
     for meta, label in zip(_image_metas(images), labels):

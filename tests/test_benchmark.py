@@ -286,7 +286,7 @@ def test_cli_legacy_switches_name_one_variant(tmp_path):
 def test_cli_train_step_under_both_allocators(tmp_path):
     out = tmp_path / 'train.json'
     proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 64, '--repeats', 1,
-                     '--warmup', 1, '--no-flops', '--variants', 'mmseg', 'channels-last', '--json', out],
+                     '--warmup', 1, '--variants', 'mmseg', 'channels-last', '--json', out],
                     cwd=tmp_path, env_extra={'MALLOC_TOP_PAD_': '12345'})
     result = json.loads(out.read_text())
     assert [c['allocator'] for c in result['conditions']] == ['default', 'tuned']  # each in a fresh process
@@ -294,6 +294,8 @@ def test_cli_train_step_under_both_allocators(tmp_path):
         assert set(condition['results']) == {'mmseg', 'channels-last'}
         assert all(row['peak_memory_mb'] > 0 and row['max_abs_diff'] is None for row in condition['results'].values())
     assert 'allocator: default' in proc.stdout and 'allocator: tuned' in proc.stdout
+    flops = [condition['results']['mmseg']['gflops'] for condition in result['conditions']]
+    assert flops[0] == flops[1] > 0  # counted once, in the first process
 
 
 def test_cli_slide_mode_counts_windows(tmp_path):

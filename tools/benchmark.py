@@ -287,7 +287,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             results = [measure(args)]
         else:
             child_argv = strip_options(argv, ('--allocator', '--json'))
-            results = [run_in_child(child_argv, name) for name in conditions]
+            # FLOPs do not depend on the allocator: counted in the first process only.
+            results = [run_in_child(child_argv + (['--no-flops'] if index else []), name)
+                       for index, name in enumerate(conditions)]
+            for later in results[1:]:
+                later['flops'] = results[0]['flops']
+                for name, row in later['results'].items():
+                    row['gflops'] = results[0]['results'][name]['gflops']
     except ValueError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
