@@ -43,7 +43,8 @@ def rows(result: dict) -> List[str]:
             baseline = name == condition['baseline']
             speedup = '1.00x (baseline)' if baseline else f"**{row['speedup']:.2f}x**"
             first_call = f"{row['warmup_seconds'][0]:.1f}" if row.get('warmup_seconds') else '-'
-            lines.append(f"| {config_name(result)} | {result['task']} | {shape} {condition['mode']}{batch} | "
+            mode = f" {condition['mode']}" if result['task'] == 'inference' else ''
+            lines.append(f"| {config_name(result)} | {result['task']} | {shape}{mode}{batch} | "
                          f"{condition['allocator']} | {name} | {flops} | {1000 * row['median_s']:.0f} | "
                          f"{len(row['seconds'])} | {speedup} | {row['peak_memory_mb']:.0f} | "
                          f"{row['memory_ratio']:.2f} | {diff} | {first_call} |")
