@@ -24,13 +24,14 @@ PYTEST_ARGS ?=
 BENCH_DIR ?= work_dirs/bench
 BENCH_ARGS ?= --repeats 5 --warmup 1
 BENCH_OUT ?= docs/benchmark_cpu.md
+BENCH_FAMILY_DIR ?= docs/bench
 
 .PHONY: help install demo demo-data test bench clean
 
 help:
 	@echo "make demo [MODEL=erfnet|segformer-b0|ocrnet-hr18s]  install, make demo data, train, evaluate"
 	@echo "make test                                           install, then run the test suite"
-	@echo "make bench                                          plugin vs mmseg speed table ($(BENCH_OUT))"
+	@echo "make bench                                          plugin vs mmseg speed tables ($(BENCH_OUT), $(BENCH_FAMILY_DIR)/)"
 	@echo "make install                                        only install (.venv or the active venv)"
 
 install: $(STAMP)
@@ -61,15 +62,32 @@ demo: demo-data
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# ERFNet and OCRNet-HR18 on their fastest eager path (folded, channels_last), SegFormer as configured;
-# each against mmseg's own implementation with the same weights, alternating in one process.
+# Every family against mmseg's own implementation with the same weights, the variants alternating in one
+# process (tools/benchmark.py), the deployed ONNX Runtime path included; the tables are generated from the
+# JSON results, never copied by hand.
+# Eager rows run under glibc's default allocator and under the tuned one (a fresh process each: with the
+# default, paging depends on the process's history); compiled rows only under the default, since the
+# compilation dominates their cost. OCRNet-HR18 is not compiled here: its compilation takes minutes, more
+# than this target's budget. One command per row, each announced by a progress line.
+BENCH := $(PY) tools/benchmark.py
+BENCH_ROWS := erfnet ocrnet_hr18 segformer_b0 segformer_b2 segformer_b0_train erfnet_compiled segformer_b0_compiled
 bench: install
 	@mkdir -p "$(BENCH_DIR)"
-	$(PY) tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
-	$(PY) tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/ocrnet_hr18.json"
-	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
-	$(PY) tools/benchmark.py configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --compare-mmseg $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b2.json"
-	$(PY) tools/benchmark_table.py "$(BENCH_DIR)/erfnet.json" "$(BENCH_DIR)/ocrnet_hr18.json" "$(BENCH_DIR)/segformer_b0.json" "$(BENCH_DIR)/segformer_b2.json" --out "$(BENCH_OUT)"
+	@echo "[bench 1/7] ERFNet 512x1024 inference (both allocators): mmseg, configured, folded+channels-last, onnxruntime"
+	$(BENCH) configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg configured folded+channels-last onnxruntime --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
+	@echo "[bench 2/7] OCRNet-HR18 512x1024 inference (both allocators): mmseg, folded+channels-last, onnxruntime"
+	$(BENCH) configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg folded+channels-last onnxruntime --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/ocrnet_hr18.json"
+	@echo "[bench 3/7] SegFormer-B0 512x1024 inference (both allocators): mmseg, configured, onnxruntime"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured onnxruntime --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
+	@echo "[bench 4/7] SegFormer-B2 1024x1024 inference (both allocators): mmseg, configured"
+	$(BENCH) configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --variants mmseg configured --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b2.json"
+	@echo "[bench 5/7] SegFormer-B0 1024x1024 training step (both allocators): mmseg, configured"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --task train-step --shape 1024 1024 --variants mmseg configured --allocator both --repeats 3 --warmup 1 --json "$(BENCH_DIR)/segformer_b0_train.json"
+	@echo "[bench 6/7] ERFNet 512x1024 inference, torch.compile: mmseg, compiled"
+	$(BENCH) configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg compiled --no-flops --repeats 3 --warmup 1 --json "$(BENCH_DIR)/erfnet_compiled.json"
+	@echo "[bench 7/7] SegFormer-B0 512x1024 inference, torch.compile: mmseg, compiled"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg compiled --no-flops --repeats 3 --warmup 1 --json "$(BENCH_DIR)/segformer_b0_compiled.json"
+	$(PY) tools/benchmark_table.py $(foreach row,$(BENCH_ROWS),"$(BENCH_DIR)/$(row).json") --out "$(BENCH_OUT)" --family-dir "$(BENCH_FAMILY_DIR)"
 
 clean:
 	rm -rf work_dirs "$(DEMO_DATA)" build *.egg-info

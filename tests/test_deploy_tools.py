@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import run_tool
+from utils import REPO, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +75,16 @@ def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
     assert OnnxSegmentorSession(str(out)).meta.quantized.startswith('int8 (per-channel weights, 2 calibration')
     evaluated = run_tool(['test.py', config, out, '--work-dir', tmp_path / 'int8'], cwd=tmp_path)
     assert 0.0 <= _miou(evaluated.stdout) <= 100.0
+
+
+def test_benchmark_times_the_onnxruntime_variants_beside_mmseg(tmp_path):
+    """``onnxruntime`` is a variant of tools/benchmark.py: exported, timed and compared with mmseg's logits."""
+    import json
+    out = tmp_path / 'bench.json'
+    run_tool(['benchmark.py', REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py',
+              '--shape', 64, 128, '--variants', 'mmseg', 'onnxruntime', '--repeats', 1, '--warmup', 0, '--no-flops',
+              '--threads', 1, '--allocator', 'default', '--json', out], cwd=tmp_path)
+    rows = json.loads(out.read_text())['conditions'][0]['results']
+    assert set(rows) == {'mmseg', 'onnxruntime'}
+    assert rows['onnxruntime']['median_s'] > 0
+    assert rows['onnxruntime']['max_abs_diff'] < 1e-3

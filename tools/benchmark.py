@@ -1,46 +1,71 @@
-"""Benchmark a segmentor: parameters, FLOPs, latency, throughput and peak memory; optionally against
-mmseg's own implementation with the same weights, alternating in one process.
+"""Benchmark a segmentor: parameters, FLOPs, latency, throughput and peak memory of several paths
+("variants") of the same network with the same weights, timed side by side in one process.
 
-Latency is the segmentor's own inference (``model.inference``: whole image, or sliding window with
-``--mode slide``, logits resized to the input) under ``torch.inference_mode``. Switches
-(``--fuse-conv-bn``, ``--channels-last``, ``--compile``, ``--amp``) apply to the model under test; mmseg's
-counterpart runs as mmseg ships it. Without a checkpoint the weights are random and batch norms get
-random statistics (speed does not depend on the values).
+Variants (``--variants``, names joined from steps by ``+``; see ``mmseg_ext.benchmarking.VARIANT_STEPS``):
+``mmseg`` (mmseg's own implementation of the config's network), ``configured`` (the plugin's model as
+configured), ``folded`` (BN folded into the convolutions by ``mmseg_ext.fuse_conv_bn``), ``channels-last``,
+``compiled`` (``torch.compile`` of backbone and heads), ``amp`` (autocast), ``onnxruntime`` and
+``onnxruntime-int8`` (the network exported to ONNX, folded, run by ONNX Runtime in the config's test mode:
+:mod:`mmseg_ext.deploy.bench`), e.g. ``--variants mmseg configured folded+channels-last onnxruntime``. The first variant is the baseline of the
+speed-up column (``mmseg`` when present). The older switches still work: ``--fuse-conv-bn``,
+``--channels-last``, ``--compile`` and ``--amp`` make one variant of the plugin's model,
+``--compare-mmseg`` adds ``mmseg``.
+
+Tasks (``--task``): ``inference`` times the network's forward (``_forward``: backbone and heads, under
+``torch.inference_mode``) for ``--mode whole``, and the segmentor's sliding-window ``inference`` for
+``--mode slide``; ``train-step`` times forward, losses, backward and the config's optimizer step on a batch
+with random labels, in train mode. Peak memory is what one call adds to the process.
+
+Allocator (``--allocator``): ``default`` (glibc as it starts), ``tuned`` (glibc keeps freed memory, see
+``mmseg_ext.benchmarking.ALLOCATORS``) or ``both``, each in a fresh child process (glibc reads these
+settings at start-up). ``train-step`` runs ``both`` unless told otherwise.
+
+FLOPs are counted on one forward by the papers' convention: one multiply-add is one FLOP, attention
+products included (``mmseg_ext.benchmarking.count_flops``).
 
 Examples::
 
+    python tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py \\
+        --variants mmseg folded+channels-last compiled --json ocr.json
+    python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
+        --task train-step --shape 512 512 --variants mmseg configured
     python tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py \\
-        --shape 512 1024 --fuse-conv-bn --channels-last --compare-mmseg
+        --fuse-conv-bn --channels-last --compare-mmseg
     python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
-        --shape 1024 2048 --mode slide --compare-mmseg --json b0.json
-    python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
-        --shape 512 1024 --mode whole --backend onnxruntime --compare-mmseg --threads 2
+        --shape 512 1024 --mode whole --variants mmseg configured onnxruntime --threads 2
 """
 import argparse
-import contextlib
-import copy
 import json
+import os
 import platform
+import subprocess
 import sys
-from typing import Callable, Dict, Optional, Tuple
+import tempfile
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
-from rich.progress import Progress
 
-import mmseg_ext
-from mmseg_ext.benchmarking import peak_memory_mb, randomize_batch_norms, time_alternating, to_mmseg_config
+from mmseg_ext.benchmarking import (ALLOCATORS, FLOP_CONVENTION, VariantContext, allocator_environment, build_segmentor,
+                                    build_variant, count_flops, current_allocator, inference_runner, max_difference,
+                                    parse_variant, peak_memory_mb, randomize_batch_norms, ratio_summary,
+                                    time_alternating, train_step_runner)
+import mmseg_ext.deploy.bench  # noqa: F401  (registers the onnxruntime variants)
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights
 
+TASKS = ('inference', 'train-step')
 
-def parse_args(argv=None) -> argparse.Namespace:
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Benchmark a segmentor (optionally against mmseg)')
     parser.add_argument('config', help='model config (path or mmseg::name)')
     parser.add_argument('checkpoint', nargs='?', help='weights to load (random weights if omitted)')
+    parser.add_argument('--task', choices=TASKS, default='inference', help='what one timed call does')
+    parser.add_argument('--variants', nargs='+', metavar='VARIANT',
+                        help="paths to time side by side, e.g. mmseg configured folded+channels-last compiled")
     parser.add_argument('--shape', type=int, nargs=2, default=(512, 1024), metavar=('H', 'W'), help='input size')
     parser.add_argument('--batch', type=int, default=1, help='images per call')
     parser.add_argument('--mode', choices=['whole', 'slide'], help="inference mode (default: the config's)")
@@ -48,44 +73,58 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'else 1024 1024)')
     parser.add_argument('--stride', type=int, nargs=2, metavar=('H', 'W'), help='slide stride (default: config, '
                         'else 768 768)')
-    parser.add_argument('--repeats', type=int, default=10, help='timed calls per model')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed calls per model first')
-    parser.add_argument('--fuse-conv-bn', action='store_true', help='fold BN into convs (mmseg_ext.fuse_conv_bn)')
-    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the model')
-    parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
+    parser.add_argument('--repeats', type=int, default=10, help='timed calls per variant')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed calls per variant first')
+    parser.add_argument('--fuse-conv-bn', action='store_true', help='variant with BN folded (mmseg_ext.fuse_conv_bn)')
+    parser.add_argument('--channels-last', action='store_true', help='variant in channels_last memory format')
+    parser.add_argument('--compile', action='store_true', help='variant compiled with torch.compile')
+    parser.add_argument('--amp', action='store_true', help='variant under autocast: float16 on CUDA, bfloat16 on CPU')
     parser.add_argument('--compare-mmseg', action='store_true',
-                        help="also run mmseg's implementation with the same weights and print the ratio")
+                        help="also run mmseg's implementation with the same weights (the baseline)")
+    parser.add_argument('--allocator', choices=list(ALLOCATORS) + ['both'],
+                        help='glibc malloc settings, each in a fresh process (default: both for train-step, '
+                        'else default)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--no-flops', action='store_true', help='skip counting FLOPs (it traces the model)')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
-    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
-                        help='onnxruntime: also time the model exported to ONNX (conv-BN folded, static shape) in '
-                        'onnxruntime (mmseg_ext.deploy), with --threads intra-op threads')
-    parser.add_argument('--int8', action='store_true', help='with --backend onnxruntime: quantise the exported '
-                        "model to int8, calibrated on the config's train split (needs its data)")
     args = parser.parse_args(argv)
     for name in ('batch', 'repeats'):
         if getattr(args, name) < 1:
             parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
     if args.warmup < 0:
         parser.error(f'--warmup must not be negative, got {args.warmup}')
+    if args.threads is not None and args.threads < 1:
+        parser.error(f'--threads must be at least 1, got {args.threads}')
+    args.variants = resolve_variants(args, parser)
+    if args.allocator is None:
+        args.allocator = 'both' if args.task == 'train-step' else 'default'
     return args
 
 
-def build_segmentor(model_cfg: dict) -> nn.Module:
-    """Build ``model_cfg`` without its ``pretrained`` weights (the benchmark uses random weights or
-    CHECKPOINT, and nothing is downloaded). ``model_cfg`` is not modified: mmseg's segmentors move
-    ``pretrained`` into the backbone's config while they build."""
-    from mmseg.registry import MODELS
-    model_cfg = copy.deepcopy(model_cfg)
-    model_cfg.pop('pretrained', None)
-    model_cfg.get('backbone', {}).pop('pretrained', None)
-    return MODELS.build(model_cfg)
+def resolve_variants(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+    """``--variants``, or the one variant the switches describe (after ``mmseg`` with ``--compare-mmseg``)."""
+    steps = [step for flag, step in (('fuse_conv_bn', 'folded'), ('channels_last', 'channels-last'),
+                                     ('compile', 'compiled'), ('amp', 'amp')) if getattr(args, flag)]
+    if args.variants:
+        if steps:
+            parser.error('give the paths either with --variants or with the switches '
+                         f'(--fuse-conv-bn, --channels-last, --compile, --amp), not both: got {steps}')
+        variants = (['mmseg'] if args.compare_mmseg and 'mmseg' not in args.variants else []) + args.variants
+    else:
+        variants = (['mmseg'] if args.compare_mmseg else []) + ['+'.join(steps) or 'configured']
+    duplicates = sorted({name for name in variants if variants.count(name) > 1})
+    if duplicates:
+        parser.error(f'--variants names {duplicates} more than once')
+    for name in variants:
+        try:
+            parse_variant(name)
+        except ValueError as error:
+            parser.error(str(error))
+    return variants
 
 
-def configure_inference(model: nn.Module, args: argparse.Namespace) -> str:
+def configure_test_mode(model: torch.nn.Module, args: argparse.Namespace) -> str:
     """Set the segmentor's test mode from the command line; returns the mode."""
     test_cfg = ConfigDict(model.test_cfg or {})
     mode = args.mode or test_cfg.get('mode', 'whole')
@@ -104,146 +143,182 @@ def window_count(shape: Tuple[int, int], crop: Tuple[int, int], stride: Tuple[in
     return rows * cols
 
 
-def count_gflops(model: nn.Module, shape: Tuple[int, int], device: torch.device) -> float:
-    """FLOPs (multiply-adds counted once, mmengine's convention) of one network forward at ``shape``."""
-    from mmengine.analysis import get_model_complexity_info
-    inputs = torch.randn(1, 3, *shape, device=device)
-    with torch.no_grad():
-        info = get_model_complexity_info(model, inputs=(inputs, ), show_table=False, show_arch=False)
-    return info['flops'] / 1e9
+def network_gflops(context: VariantContext, variants: List[str], args: argparse.Namespace,
+                   mode: str) -> Dict[str, dict]:
+    """FLOPs of one network forward, of the plugin's configured model and (if timed) mmseg's; per input
+    (batch and sliding windows included)."""
+    test_cfg = context.plugin.test_cfg
+    crop = tuple(test_cfg['crop_size']) if mode == 'slide' else tuple(args.shape)
+    windows = window_count(tuple(args.shape), crop, tuple(test_cfg['stride'])) if mode == 'slide' else 1
+    images = torch.randn(1, 3, *crop, device=context.device)
+    models = {'configured': context.plugin}
+    if any(parse_variant(name)[0] == 'mmseg' for name in variants):
+        models['mmseg'] = context.mmseg_counterpart()
+    counts = {}
+    for name, model in models.items():
+        flops = count_flops(model, images)
+        counts[name] = dict(gflops=flops.gflops * windows * args.batch, by_operator=flops.by_operator,
+                            not_counted=flops.not_counted)
+    return counts
 
 
-def make_runner(model: nn.Module, inputs: torch.Tensor, args: argparse.Namespace) -> Callable[[], torch.Tensor]:
-    height, width = inputs.shape[-2:]
-    metas = [dict(ori_shape=(height, width), img_shape=(height, width), pad_shape=(height, width),
-                  padding_size=[0, 0, 0, 0])] * inputs.shape[0]
-    inference = torch.compile(model.inference) if args.compile else model.inference
-    device_type = inputs.device.type
-    amp = (torch.autocast(device_type, dtype=torch.float16 if device_type == 'cuda' else torch.bfloat16)
-           if args.amp else contextlib.nullcontext())
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode(), amp:
-            return inference(inputs, metas)
-
-    return run
-
-
-def markdown_table(rows: Dict[str, dict], ratio: Optional[dict]) -> str:
-    lines = ['| implementation | params (M) | GFLOPs | median (ms) | p90 (ms) | images/s | peak memory (MB) |',
-             '|---|---:|---:|---:|---:|---:|---:|']
-    for name, row in rows.items():
-        flops = f"{row['gflops']:.1f}" if row['gflops'] is not None else '-'
-        lines.append(f"| {name} | {row['params_m']:.2f} | {flops} | {1000 * row['median_s']:.1f} | "
-                     f"{1000 * row['p90_s']:.1f} | {row['images_per_s']:.2f} | {row['peak_memory_mb']:.0f} |")
-    if ratio:
-        lines.append(f"\nspeed-up (mmseg median / mmseg_ext median): {ratio['speedup']:.2f}x; "
-                     f"memory ratio (mmseg_ext / mmseg): {ratio['memory_ratio']:.2f}; "
-                     f"largest logit difference: {ratio['max_abs_diff']:.2e}")
-    return '\n'.join(lines)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict:
+    """Build the variants, time them alternating and measure their memory, in this process."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    try:
-        cfg = load_run_config(args.config)
-    except PreflightError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    cfg = load_run_config(args.config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = build_segmentor(cfg.model)
     if args.checkpoint:
-        try:
-            load_weights(model, args.checkpoint, partial_flag=None)
-        except CHECKPOINT_ERRORS as error:
-            print(f'error: {error}', file=sys.stderr)
-            return 2
+        load_weights(model, args.checkpoint, partial_flag=None)
     else:
         randomize_batch_norms(model)
-    model.eval()
-    onnxruntime_variant, onnxruntime_ratio = None, None
-    if args.backend == 'onnxruntime':
-        from mmseg_ext.deploy.bench import ONNXRUNTIME_LABEL, OnnxRuntimeVariant
-        mode = args.mode or (model.test_cfg or {}).get('mode', 'whole')
-        test_cfg = dict(model.test_cfg or {})
-        onnxruntime_variant = OnnxRuntimeVariant(
-            model, cfg, mode, tuple(args.shape), tuple(args.crop or test_cfg.get('crop_size', (1024, 1024))),
-            tuple(args.stride or test_cfg.get('stride', (768, 768))), threads=torch.get_num_threads(),
-            quantize_cfg=cfg if args.int8 else None)
-    models: Dict[str, nn.Module] = {}
-    if args.compare_mmseg:
-        try:
-            mmseg_model = build_segmentor(to_mmseg_config(cfg.model.to_dict()))
-        except ValueError as error:
-            print(f'error: --compare-mmseg: {error}', file=sys.stderr)
-            return 2
-        mmseg_model.load_state_dict(model.state_dict(), strict=True)
-        models['mmseg'] = mmseg_model.eval().to(device)
-    gflops_model = model  # FLOPs of the unfused network
-    switches = [name for name in ('fuse_conv_bn', 'channels_last', 'compile', 'amp') if getattr(args, name)]
-    label = 'mmseg_ext' + (f" ({', '.join(switches)})" if switches else '')
-    if args.fuse_conv_bn:
-        model = mmseg_ext.fuse_conv_bn(model)
-    model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    models = {label: model, **models}
+    mode = configure_test_mode(model.eval().to(device), args)
+    context = VariantContext(plugin=model, model_cfg=cfg.model.to_dict(), device=device, cfg=cfg,
+                             input_shape=tuple(args.shape))
+    subjects = {}
+    for name in args.variants:
+        subject = build_variant(name, context)
+        if subject.module is not None:
+            configure_test_mode(subject.module, args)
+        subjects[name] = subject
+    flops = None if args.no_flops else network_gflops(context, args.variants, args, mode)
 
-    mode = 'whole'
-    for m in models.values():
-        mode = configure_inference(m, args)
-    inputs = torch.randn(args.batch, 3, *args.shape, device=device)
-    runs = {}
-    for name, m in models.items():
-        x = inputs.contiguous(memory_format=torch.channels_last) if (args.channels_last and m is model) else inputs
-        runs[name] = make_runner(m, x, args)
-    if onnxruntime_variant is not None:
-        runs[ONNXRUNTIME_LABEL] = onnxruntime_variant.runner(inputs)
-        models[ONNXRUNTIME_LABEL] = gflops_model
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, *args.shape, generator=generator).to(device)
+    if args.task == 'inference':
+        runs = {name: inference_runner(subject, images, whole_network_only=mode == 'whole')
+                for name, subject in subjects.items()}
+    else:
+        num_classes = _num_classes(model)
+        labels = torch.randint(0, num_classes, (args.batch, *args.shape), generator=generator).to(device)
+        optim_cfg = cfg.get('optim_wrapper') or dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01))
+        runs = {name: train_step_runner(subject, images, labels, optim_cfg) for name, subject in subjects.items()}
 
-    gflops = None
-    if not args.no_flops:
-        crop = tuple(model.test_cfg['crop_size']) if mode == 'slide' else tuple(args.shape)
-        windows = window_count(tuple(args.shape), crop, tuple(model.test_cfg['stride'])) if mode == 'slide' else 1
-        gflops = count_gflops(gflops_model, crop, device) * windows * args.batch
+    allocator = current_allocator() or 'custom (MALLOC_* set in the environment)'
+    rounds = args.warmup + args.repeats
 
-    total = (args.warmup + args.repeats) * len(runs)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f'{mode} {args.shape[0]}x{args.shape[1]} x{args.batch}', total=total)
-        memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
-        timings = time_alternating(runs, args.repeats, args.warmup, on_step=lambda: progress.advance(task))
+    calls = 0
 
-    rows = {}
-    for name, m in models.items():
+    def progress() -> None:
+        """A line per round (every variant called once)."""
+        nonlocal calls
+        calls += 1
+        if calls % len(runs) == 0:
+            done = calls // len(runs)
+            stage = 'warm-up' if done <= args.warmup else 'timed'
+            print(f'[benchmark] {args.task}, {allocator} allocator: round {done}/{rounds} ({stage})',
+                  file=sys.stderr, flush=True)
+
+    timings = time_alternating(runs, args.repeats, args.warmup, on_step=progress)
+    memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
+    baseline = args.variants[0]
+    speedups = ratio_summary(timings, baseline)
+    differences = max_difference({name: run() for name, run in runs.items()}, baseline) \
+        if args.task == 'inference' else {}
+    results = {}
+    for name, subject in subjects.items():
         timing = timings[name]
-        rows[name] = dict(params_m=sum(p.numel() for p in m.parameters()) / 1e6, gflops=gflops,
-                          median_s=timing.median, p90_s=timing.p90, images_per_s=args.batch / timing.median,
-                          peak_memory_mb=memory[name], seconds=timing.seconds)
-    ratio = None
-    if args.compare_mmseg:
-        ours, theirs = runs[label]().float(), runs['mmseg']().float()
-        ratio = dict(speedup=timings['mmseg'].median / timings[label].median,
-                     memory_ratio=memory[label] / max(memory['mmseg'], 1e-9),
-                     max_abs_diff=(ours - theirs).abs().max().item())
-    if onnxruntime_variant is not None:
-        onnxruntime_ratio = OnnxRuntimeVariant.ratios(timings, (label, 'mmseg'))
-        if args.compare_mmseg:
-            onnxruntime_ratio['max_abs_diff_to_mmseg'] = (runs[ONNXRUNTIME_LABEL]().float() - theirs).abs().max().item()
-    header = (f'{args.config} | {mode} {args.shape[0]}x{args.shape[1]}, batch {args.batch} | {device.type}, '
-              f'{torch.get_num_threads()} threads | torch {torch.__version__} | {platform.processor() or platform.machine()}')
+        base = parse_variant(name)[0]
+        params = subject.module if subject.module is not None else model
+        results[name] = dict(
+            params_m=sum(p.numel() for p in params.parameters()) / 1e6,
+            gflops=flops[base if base in flops else 'configured']['gflops'] if flops else None,
+            median_s=timing.median, p90_s=timing.p90, images_per_s=args.batch / timing.median,
+            seconds=timing.seconds, warmup_seconds=timing.warmup_seconds,
+            user_s=_median(timing.user_seconds), system_s=_median(timing.system_seconds),
+            peak_memory_mb=memory[name], speedup=speedups[name],
+            memory_ratio=memory[name] / max(memory[baseline], 1e-9), max_abs_diff=differences.get(name))
+    return dict(allocator=allocator, baseline=baseline, results=results, flops=flops, mode=mode,
+                threads=torch.get_num_threads())
+
+
+def _median(values: List[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float('nan')
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    head = model.decode_head[-1] if isinstance(model.decode_head, torch.nn.ModuleList) else model.decode_head
+    return head.num_classes
+
+
+def run_in_child(argv: List[str], allocator: str) -> dict:
+    """Run this tool for one allocator condition in a fresh process (glibc reads MALLOC_* at start-up)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, 'result.json')
+        command = [sys.executable, os.path.abspath(__file__), *argv, '--allocator', allocator, '--json', out]
+        subprocess.run(command, env=allocator_environment(allocator), check=True)
+        with open(out) as file:
+            return json.load(file)['conditions'][0]
+
+
+def strip_options(argv: List[str], options: Tuple[str, ...]) -> List[str]:
+    """``argv`` without the given single-value options (``--opt VALUE`` and ``--opt=VALUE``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not any(arg.startswith(option + '=') for option in options):
+            kept.append(arg)
+    return kept
+
+
+def markdown_table(condition: dict) -> str:
+    lines = ['| variant | params (M) | GFLOPs | median (ms) | p90 (ms) | images/s | speed-up | peak memory (MB) | '
+             'max abs diff |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for name, row in condition['results'].items():
+        flops = f"{row['gflops']:.1f}" if row['gflops'] is not None else '-'
+        diff = f"{row['max_abs_diff']:.1e}" if row['max_abs_diff'] is not None else '-'
+        lines.append(f"| {name} | {row['params_m']:.2f} | {flops} | {1000 * row['median_s']:.1f} | "
+                     f"{1000 * row['p90_s']:.1f} | {row['images_per_s']:.2f} | {row['speedup']:.2f}x | "
+                     f"{row['peak_memory_mb']:.0f} | {diff} |")
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        load_run_config(args.config)
+    except PreflightError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    conditions = list(ALLOCATORS) if args.allocator == 'both' else [args.allocator]
+    try:
+        if conditions == [current_allocator()]:
+            results = [measure(args)]
+        else:
+            child_argv = strip_options(argv, ('--allocator', '--json'))
+            # FLOPs do not depend on the allocator: counted in the first process only.
+            results = [run_in_child(child_argv + (['--no-flops'] if index else []), name)
+                       for index, name in enumerate(conditions)]
+            for later in results[1:]:
+                later['flops'] = results[0]['flops']
+                for name, row in later['results'].items():
+                    row['gflops'] = results[0]['results'][name]['gflops']
+    except (ValueError, *CHECKPOINT_ERRORS) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as error:
+        return error.returncode or 1
+    header = (f'{args.config} | {args.task} | {results[0]["mode"]} {args.shape[0]}x{args.shape[1]}, batch '
+              f'{args.batch} | {args.device}, {results[0]["threads"]} threads | torch {torch.__version__} | '
+              f'{platform.processor() or platform.machine()}')
     print(header)
-    print(markdown_table(rows, ratio))
-    if onnxruntime_variant is not None:
-        print('; '.join(f'{key}: {value:.3g}' for key, value in onnxruntime_ratio.items()))
+    for condition in results:
+        print(f"\nallocator: {condition['allocator']}; speed-up and diff against {condition['baseline']}")
+        print(markdown_table(condition))
+    if results[0]['flops']:
+        print(f'\nGFLOPs: {FLOP_CONVENTION}.')
     if args.json:
         with open(args.json, 'w') as file:
-            json.dump(dict(config=args.config, checkpoint=args.checkpoint, mode=mode, shape=list(args.shape),
-                           batch=args.batch, device=device.type, threads=torch.get_num_threads(),
-                           torch=torch.__version__, repeats=args.repeats, warmup=args.warmup, results=rows,
-                           comparison=ratio, onnxruntime=onnxruntime_ratio), file, indent=2)
+            json.dump(dict(config=args.config, checkpoint=args.checkpoint, task=args.task, shape=list(args.shape),
+                           batch=args.batch, device=args.device, torch=torch.__version__, repeats=args.repeats,
+                           warmup=args.warmup, variants=args.variants, flop_convention=FLOP_CONVENTION,
+                           conditions=results), file, indent=2)
     return 0
 
 

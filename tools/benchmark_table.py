@@ -1,55 +1,113 @@
-"""Assemble ``tools/benchmark.py --json`` results into one Markdown table (used by ``make bench``).
+"""Assemble ``tools/benchmark.py --json`` results into Markdown tables (used by ``make bench``).
+
+Writes one table with every row (``--out``) and, with ``--family-dir``, one file per model family
+(the config name up to its first ``_``: ``erfnet.md``, ``ocrnet.md``, ``segformer.md``) that the
+family's documentation links to. Every figure in these files comes from the JSON results.
 
 Example::
 
-    python tools/benchmark_table.py work_dirs/bench/*.json --out docs/benchmark_cpu.md
+    python tools/benchmark_table.py work_dirs/bench/*.json --out docs/benchmark_cpu.md --family-dir docs/bench
 """
 import argparse
 import json
+import os
 import os.path as osp
 import sys
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+HEADER = ('| config | task | input | allocator | variant | GFLOPs | median (ms) | n | speed-up | peak memory (MB) | '
+          'memory ratio | max abs diff | first call (s) |')
+RULE = '|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|'
 
 
-def row(result: dict) -> str:
-    """One table row: the plugin's result against mmseg's."""
-    ours_name = next(name for name in result['results'] if name.startswith('mmseg_ext'))
-    ours, theirs = result['results'][ours_name], result['results'].get('mmseg')
-    if theirs is None or result.get('comparison') is None:
-        raise ValueError(f"{result['config']}: run tools/benchmark.py with --compare-mmseg for the table")
-    switches = ours_name[len('mmseg_ext'):].strip(' ()') or 'default'
-    flops = f"{ours['gflops']:.1f}" if ours['gflops'] is not None else '-'
-    comparison = result['comparison']
-    return (f"| {osp.splitext(osp.basename(result['config']))[0]} | {result['shape'][0]}x{result['shape'][1]} "
-            f"{result['mode']} | {ours['params_m']:.1f} | {flops} | {1000 * theirs['median_s']:.0f} | "
-            f"{1000 * ours['median_s']:.0f} ({switches}) | **{comparison['speedup']:.2f}x** | "
-            f"{theirs['peak_memory_mb']:.0f} / {ours['peak_memory_mb']:.0f} | {comparison['max_abs_diff']:.1e} |")
+def config_name(result: dict) -> str:
+    return osp.splitext(osp.basename(result['config']))[0]
 
 
-def main(argv=None) -> int:
+def family(result: dict) -> str:
+    """The model family of a result: its config name up to the first ``_`` (``segformer-official`` counts
+    as ``segformer``)."""
+    return config_name(result).split('_')[0].split('-')[0]
+
+
+def rows(result: dict) -> List[str]:
+    """One row per allocator condition and variant; speed-up and ratios are against the run's baseline."""
+    lines = []
+    shape = f"{result['shape'][0]}x{result['shape'][1]}"
+    for condition in result['conditions']:
+        batch = f", batch {result['batch']}" if result['batch'] != 1 else ''
+        for name, row in condition['results'].items():
+            flops = f"{row['gflops']:.1f}" if row.get('gflops') is not None else '-'
+            diff = f"{row['max_abs_diff']:.1e}" if row.get('max_abs_diff') is not None else '-'
+            baseline = name == condition['baseline']
+            speedup = '1.00x (baseline)' if baseline else f"**{row['speedup']:.2f}x**"
+            first_call = f"{row['warmup_seconds'][0]:.1f}" if row.get('warmup_seconds') else '-'
+            mode = f" {condition['mode']}" if result['task'] == 'inference' else ''
+            lines.append(f"| {config_name(result)} | {result['task']} | {shape}{mode}{batch} | "
+                         f"{condition['allocator']} | {name} | {flops} | {1000 * row['median_s']:.0f} | "
+                         f"{len(row['seconds'])} | {speedup} | {row['peak_memory_mb']:.0f} | "
+                         f"{row['memory_ratio']:.2f} | {diff} | {first_call} |")
+    return lines
+
+
+def notes(results: List[dict]) -> List[str]:
+    """What the columns mean and how the figures were taken, from the results themselves."""
+    first = results[0]
+    threads = sorted({condition['threads'] for result in results for condition in result['conditions']})
+    conventions = sorted({result.get('flop_convention', '') for result in results} - {''})
+    return [
+        f"Device: {first['device']}, {', '.join(map(str, threads))} threads, torch {first['torch']}; median of "
+        'n timed calls per variant, the variants alternating in one process in a rotating order, after '
+        'warm-up calls.', '',
+        'Speed-up and memory ratio are against the first variant of the same run (`mmseg`: mmseg\'s own '
+        'implementation of the network, holding the same weights). Inference times the network\'s forward '
+        '(`_forward`, under `torch.inference_mode`); a train step is forward, losses, backward and the '
+        'config\'s optimizer step. Peak memory is what one call adds to the process. "first call" is the '
+        'first warm-up call, which includes one-time costs (for `compiled`, the compilation). Allocator '
+        '`default` is glibc as it starts; `tuned` keeps freed memory instead of returning it to the system '
+        '(`mmseg_ext.benchmarking.ALLOCATORS`).', '',
+        *(f'GFLOPs of one forward: {convention}.' for convention in conventions), '',
+    ]
+
+
+def table(results: List[dict], title: Optional[str] = None) -> str:
+    lines = ([f'# {title}', ''] if title else []) + [
+        '<!-- Generated by `make bench` (tools/benchmark_table.py) from tools/benchmark.py results; '
+        'do not edit by hand. -->', ''] + notes(results) + [HEADER, RULE]
+    for result in results:
+        lines += rows(result)
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('results', nargs='+', help='JSON files written by tools/benchmark.py --json')
-    parser.add_argument('--out', help='write the table here as well as printing it')
+    parser.add_argument('--out', help='write the table of all results here as well as printing it')
+    parser.add_argument('--family-dir', help='also write one table per model family into this folder')
     args = parser.parse_args(argv)
     results = []
     for path in args.results:
         with open(path) as file:
-            results.append(json.load(file))
-    first = results[0]
-    lines = [f"Device: {first['device']}, {first['threads']} threads, torch {first['torch']}; median of "
-             f"{first['repeats']} alternating runs after {first['warmup']} warm-up; batch {first['batch']}.", '',
-             '| config | input | params (M) | GFLOPs | mmseg (ms) | mmseg_ext (ms) | speed-up | '
-             'peak memory MB (mmseg / ext) | max logit diff |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
-    try:
-        lines += [row(result) for result in results]
-    except ValueError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    table = '\n'.join(lines)
-    print(table)
+            result = json.load(file)
+        if 'conditions' not in result:
+            print(f'error: {path} is not a tools/benchmark.py result of this version (no "conditions")',
+                  file=sys.stderr)
+            return 2
+        results.append(result)
+    text = table(results, title='CPU benchmark: mmseg_ext against mmseg')
+    print(text, end='')
     if args.out:
         with open(args.out, 'w') as file:
-            file.write(table + '\n')
+            file.write(text)
+    if args.family_dir:
+        os.makedirs(args.family_dir, exist_ok=True)
+        by_family: Dict[str, List[dict]] = defaultdict(list)
+        for result in results:
+            by_family[family(result)].append(result)
+        for name, members in by_family.items():
+            with open(osp.join(args.family_dir, f'{name}.md'), 'w') as file:
+                file.write(table(members, title=f'{name}: CPU benchmark against mmseg'))
     return 0
 
 

@@ -2,9 +2,8 @@
 # regions, loss weight 0.4) and the plugin's OCRHead, trained from random initialisation (no ImageNet
 # weights offline) on the procedurally drawn demo scenes, then evaluated on the demo val split.
 # Target: a sanity check, not a benchmark figure: the large classes (road, sidewalk, building,
-# vegetation, sky, car) must be learnt. Measured here (240 iterations, 5.4 min of training at 1 thread on
-# a 2-core machine running another demo beside it): 56.67 mIoU over the 9 drawn classes, 78-92 IoU on
-# those six, 0 on the thin pole / sign / person classes, which need longer training at this resolution.
+# vegetation, sky, car) must be learnt; the thin pole / sign / person classes need longer training at
+# this resolution (results: docs/ocrnet.md#demo).
 # Differences from the Cityscapes recipe, all for minutes of CPU training: half the demo resolution
 # (128x256 scenes), plain BN (one process), a narrower OCR head (128 mid / 64 key channels instead of
 # 512 / 256), AdamW with a short warm-up and poly decay. Data, evaluator and runtime: ./demo_dataset.py.

@@ -15,13 +15,9 @@ the same maths. It is faster and leaner because
   (:func:`cpu_backward_query_splits`);
 * tokens stay in one ``[B, H*W, C]`` buffer, which the convolutions (Mix-FFN's 1x1 and 3x3 depth-wise
   ones, the spatial reduction) read as a channels-last ``[B, C, H, W]`` view and whose layout their
-  outputs keep, so the ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear;
-* on CPU a Mix-FFN whose hidden maps would reach glibc's mmap threshold (32 MiB: the first two stages
-  at 1024x1024) runs over blocks of rows (:mod:`.mix_ffn_rows`), so those maps stop paying page
-  faults on every allocation.
+  outputs keep, so the ``nlc_to_nchw``/``nchw_to_nlc`` copies around every convolution disappear.
 """
 import math
-import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -37,7 +33,6 @@ from torch import Tensor, nn
 from mmseg_ext.errors import InvalidArgumentError
 from mmseg_ext.registry import MODELS
 from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
-from .mix_ffn_rows import RowBlock, plan_row_blocks, row_blocked_mix_ffn, supports_row_blocking
 
 __all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits', 'EfficientSelfAttention',
            'MixFFN', 'MixTransformerBlock', 'EfficientMultiheadAttention', 'TransformerEncoderLayer']
@@ -223,31 +218,12 @@ class MixFFN(BaseModule):
         self.layers = Sequential(fc1, pe_conv, self.activate, drop, fc2, drop)
         self.dropout_layer = build_dropout(dropout_layer) if dropout_layer else nn.Identity()
 
-    def row_blocks(self, x_map: Tensor) -> Optional[List[RowBlock]]:
-        """The row blocks for :func:`row_blocked_mix_ffn`, or None to compute the map whole.
-
-        Blocks are used on CPU under Linux (glibc) when a hidden map would reach glibc's mmap
-        threshold, for GELU or ReLU, and without active dropout.
-        """
-        activate, drop = self.layers[2], self.layers[3]
-        if (x_map.device.type != 'cpu' or not sys.platform.startswith('linux') or not supports_row_blocking(activate)
-                or (drop.training and drop.p > 0)):
-            return None
-        batch, _, height, width = x_map.shape
-        return plan_row_blocks(height, batch * width * self.feedforward_channels * x_map.element_size())
-
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], identity: Optional[Tensor] = None) -> Tensor:
         """Mix-FFN of the tokens ``x`` (``[B, H*W, C]``, contiguous) added to ``identity``."""
         fc1, pe_conv, activate, drop, fc2 = (self.layers[index] for index in range(5))
-        # All three convolutions run on channels-last views of the token buffer; oneDNN's 1x1
-        # convolution measured 4-7% faster per MiT-B2 step than F.linear on the tokens.
-        x_map = tokens_to_map(x, hw_shape)
-        blocks = self.row_blocks(x_map)
-        if blocks is None:
-            out = drop(fc2(drop(activate(pe_conv(fc1(x_map))))))
-        else:
-            out = row_blocked_mix_ffn(x_map, fc1, pe_conv, activate, fc2, blocks)
-        out = map_to_tokens(out)
+        # All three convolutions run on channels-last views of the token buffer: oneDNN's 1x1
+        # convolution on that layout was faster than F.linear on the tokens, in both passes.
+        out = map_to_tokens(drop(fc2(drop(activate(pe_conv(fc1(tokens_to_map(x, hw_shape))))))))
         # In place: the branch output is a fresh tensor no backward needs (saves an allocation).
         return self.dropout_layer(out).add_(x if identity is None else identity)
 
