@@ -10,7 +10,7 @@ import torch
 from segformer_reference import NVlabsMiT, NVlabsSegFormer
 
 from mmseg_ext.converters import detect_converter
-from utils import REPO, load_tool, randomize_
+from utils import REPO, load_tool, randomize_, saved_hf_segformer
 
 transformers = pytest.importorskip('transformers')
 
@@ -69,12 +69,7 @@ def test_nvlabs_segmentation_checkpoint(arch, embed_dims, depths, width, classes
 
 @pytest.fixture(scope='module')
 def hf_b0_ade(tmp_path_factory):
-    config = transformers.SegformerConfig(num_labels=150)
-    torch.manual_seed(0)
-    model = randomize_(transformers.SegformerForSemanticSegmentation(config), seed=4).eval()
-    path = tmp_path_factory.mktemp('hf') / 'segformer-b0-ade'
-    model.save_pretrained(path)
-    return path, model
+    return saved_hf_segformer(tmp_path_factory.mktemp('hf') / 'segformer-b0-ade', 'SegformerForSemanticSegmentation', 150)
 
 
 @pytest.mark.parametrize('as_file', [False, True])

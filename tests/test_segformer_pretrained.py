@@ -8,7 +8,7 @@ from segformer_reference import NVlabsMiT
 from mmseg_ext.models.backbones.mit import MixVisionTransformer
 from mmseg_ext.converters.mit_layouts import extract_mit_encoder
 from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
-from utils import REPO, load_tool, randomize_
+from utils import REPO, load_tool, randomize_, saved_hf_segformer
 
 transformers = pytest.importorskip('transformers')
 
@@ -47,12 +47,7 @@ def nvlabs_imagenet(tmp_path_factory):
 @pytest.fixture(scope='module')
 def hf_classifier(tmp_path_factory):
     """A Hugging Face SegformerForImageClassification (MiT-B0) directory with config.json and safetensors."""
-    config = transformers.SegformerConfig(num_labels=10)
-    torch.manual_seed(0)
-    model = randomize_(transformers.SegformerForImageClassification(config), seed=4).eval()
-    path = tmp_path_factory.mktemp('hf') / 'mit-b0'
-    model.save_pretrained(path)
-    return path, model
+    return saved_hf_segformer(tmp_path_factory.mktemp('hf') / 'mit-b0', 'SegformerForImageClassification', 10)
 
 
 def test_mmseg_layout_loads_exactly(tmp_path):

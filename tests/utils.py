@@ -198,3 +198,14 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             bn.bias.copy_(torch.randn(shape, generator=generator) * 0.2)
         bn.num_batches_tracked.fill_(1000)
     return model
+
+
+def saved_hf_segformer(directory: Path, model_class: str, num_labels: int, seed: int = 4):
+    """A random-weight Hugging Face SegFormer (MiT-B0) model of ``transformers.<model_class>``, saved with
+    ``save_pretrained`` (config.json and safetensors) into ``directory``; returns ``(directory, model)``."""
+    import transformers
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(transformers.SegformerConfig(num_labels=num_labels))
+    model = randomize_(model, seed=seed).eval()
+    model.save_pretrained(directory)
+    return directory, model

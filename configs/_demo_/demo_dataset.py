@@ -3,7 +3,9 @@
 # CityscapesDataset and scored by mmseg's IoUMetric. The model's data preprocessor (ImageNet mean/std,
 # BGR->RGB, padding to the crop) is set here for every demo; model configs beside this file add the
 # rest of the model, the optimizer and the schedule.
-_base_ = ['mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py']
+_base_ = [
+    'mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py', '../_base_/data_preprocessor.py'
+]
 
 data_root = 'data/demo_cityscapes'
 # The scenes are 256x512; the demos train on 128x256 crops of them resized around half resolution and
@@ -35,15 +37,7 @@ val_dataloader = dict(
     persistent_workers=True,
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-model = dict(
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
-        size=crop_size))
+model = dict(data_preprocessor=dict(_base_.data_preprocessor, size=crop_size))
 
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

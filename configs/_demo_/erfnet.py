@@ -4,15 +4,8 @@
 # batch 8: ./demo_dataset.py). Adam with poly decay and the paper's class weights (which lift the thin pole,
 # sign and person classes), as in the paper, but a larger learning rate and no dropout for so short a
 # run. Data, evaluator and runtime: ./demo_dataset.py.
-_base_ = ['./demo_dataset.py']
+_base_ = ['./demo_dataset.py', '../_base_/erfnet_class_weights.py']
 
-# The ERFNet authors' decoder-stage weights for the 19 Cityscapes train ids (configs/erfnet/erfnet_paper_*).
-class_weight = [
-    2.8149201869965, 6.9850029945374, 3.7890393733978, 9.9428062438965, 9.7702074050903,
-    9.5110931396484, 10.311357498169, 10.026463508606, 4.6323022842407, 9.5608062744141,
-    7.8698215484619, 9.5168733596802, 10.373730659485, 6.6616044044495, 10.260489463806,
-    10.287888526917, 10.289801597595, 10.405355453491, 10.138095855713
-]
 model = dict(
     type='EncoderDecoder',
     backbone=dict(type='mmseg_ext.ERFNet', dropout_ratio=0.0),
@@ -20,7 +13,8 @@ model = dict(
         type='mmseg_ext.ERFNetHead',
         in_channels=16,
         num_classes=19,
-        loss_decode=dict(type='mmseg_ext.ClassWeightedCrossEntropyLoss', class_weight=class_weight)),
+        loss_decode=dict(
+            type='mmseg_ext.ClassWeightedCrossEntropyLoss', class_weight=_base_.erfnet_decoder_class_weight)),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 

@@ -3,22 +3,13 @@
 # resolution (./demo_dataset.py).
 # mmseg's SegFormer recipe (AdamW, no weight decay on norms, decoder lr x10, linear warm-up then poly) with a
 # larger learning rate and a schedule of a few minutes on CPU. Data, evaluator and runtime: ./demo_dataset.py.
-_base_ = ['./demo_dataset.py']
+_base_ = ['./demo_dataset.py', '../_base_/models/segformer_b0_head.py']
 
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     type='EncoderDecoder',
     backbone=dict(type='mmseg_ext.MixVisionTransformer', arch='b0', drop_path_rate=0.1),
-    decode_head=dict(
-        type='mmseg_ext.SegformerHead',
-        in_channels=[32, 64, 160, 256],
-        in_index=[0, 1, 2, 3],
-        channels=256,
-        dropout_ratio=0.1,
-        num_classes=19,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    decode_head=dict(_base_.segformer_b0_head, norm_cfg=norm_cfg),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 

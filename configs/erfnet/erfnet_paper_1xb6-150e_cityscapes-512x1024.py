@@ -11,15 +11,8 @@
 #   python tools/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
 #   python tools/test.py configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py \
 #       checkpoints/erfnet_authors.pth
-_base_ = ['./erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py']
+_base_ = ['./erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py', '../_base_/erfnet_class_weights.py']
 
-# The authors' decoder-stage weights for train ids 0-18 (the ignored label is mmseg's 255).
-class_weight = [
-    2.8149201869965, 6.9850029945374, 3.7890393733978, 9.9428062438965, 9.7702074050903,
-    9.5110931396484, 10.311357498169, 10.026463508606, 4.6323022842407, 9.5608062744141,
-    7.8698215484619, 9.5168733596802, 10.373730659485, 6.6616044044495, 10.260489463806,
-    10.287888526917, 10.289801597595, 10.405355453491, 10.138095855713
-]
 encoder_checkpoint = 'work_dirs/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024/epoch_150.pth'
 model = dict(
     backbone=dict(
@@ -28,4 +21,4 @@ model = dict(
     decode_head=dict(
         in_channels=16,
         encoder_only=False,
-        loss_decode=dict(class_weight=class_weight)))
+        loss_decode=dict(class_weight=_base_.erfnet_decoder_class_weight)))  # the decoder-stage weights

@@ -11,23 +11,15 @@
 # size by 0.5-2.1, random 512x1024 crop, flip, no colour jitter; whole-image 1024x2048 testing.
 _base_ = [
     'mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py',
-    '../_base_/models/ocr_cascade_heads.py'
+    '../_base_/data_preprocessor.py', '../_base_/models/ocr_cascade_heads.py'
 ]
 
 crop_size = (512, 1024)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 branch_channels = [48, 96, 192, 384]
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size=crop_size)
 model = dict(
     type='CascadeEncoderDecoder',
-    data_preprocessor=data_preprocessor,
+    data_preprocessor=dict(_base_.data_preprocessor, size=crop_size),
     num_stages=2,
     pretrained='open-mmlab://msra/hrnetv2_w48',  # the authors' ImageNet HRNetV2-W48
     backbone=dict(

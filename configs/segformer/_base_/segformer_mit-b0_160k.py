@@ -1,18 +1,14 @@
 # Model, optimizer and 160k schedule shared by the SegFormer configs (mmseg's recipe); the leaf configs
 # add the dataset, crop size, class count and test mode, and switch variant or decoder.
-_base_ = ['mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py']
+_base_ = [
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    '../../_base_/data_preprocessor.py', '../../_base_/models/segformer_b0_head.py'
+]
 norm_cfg = dict(type='SyncBN', requires_grad=True)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255)
 checkpoint = 'https://download.openmmlab.com/mmsegmentation/v0.5/pretrain/segformer/mit_b0_20220624-7e0fe6dd.pth'  # noqa
 model = dict(
     type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
+    data_preprocessor=_base_.data_preprocessor,
     backbone=dict(
         type='mmseg_ext.MixVisionTransformer',
         arch='b0',  # embed_dims 32, num_layers [2, 2, 2, 2], num_heads [1, 2, 5, 8]
@@ -28,17 +24,7 @@ model = dict(
         attn_drop_rate=0.0,
         drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
-    decode_head=dict(
-        type='mmseg_ext.SegformerHead',
-        head_style='mmseg',
-        in_channels=[32, 64, 160, 256],
-        in_index=[0, 1, 2, 3],
-        channels=256,
-        dropout_ratio=0.1,
-        num_classes=19,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    decode_head=dict(_base_.segformer_b0_head, norm_cfg=norm_cfg),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 
