@@ -1,17 +1,17 @@
 """Three diagnoses for files that cannot be loaded: not a checkpoint, damaged, unsafe; each one line."""
 import pytest
 import torch
-from checkpoint_samples import EXPECTED, small_checkpoint, write_sample
+from utils import UNUSABLE_CHECKPOINTS, small_checkpoint, write_sample
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext.safe_unpickler as checkpoint_module
 from mmseg_ext.safe_unpickler import CheckpointFileError, load_checkpoint_file
 
 
-@pytest.mark.parametrize('name', sorted(EXPECTED))
+@pytest.mark.parametrize('name', sorted(UNUSABLE_CHECKPOINTS))
 def test_each_bad_file_gets_its_diagnosis_in_one_line(name, tmp_path):
     path = write_sample(name, tmp_path, small_checkpoint(tmp_path / 'good.pth'))
-    error_class, phrase = EXPECTED[name]
+    error_class, phrase = UNUSABLE_CHECKPOINTS[name]
     with pytest.raises(getattr(checkpoint_module, error_class)) as caught:
         _load_checkpoint(str(path), map_location='cpu')  # mmengine's entry point, as the runner uses it
     message = str(caught.value)

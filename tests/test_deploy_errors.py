@@ -3,8 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils import run_tool
-from deploy_helpers import batch, export, family_model, logits, onnx_segmentor
+from utils import batch, export, family_model, logits, onnx_segmentor, run_tool
 from mmseg_ext.deploy import DeployError, OnnxSegmentorSession
 from mmseg_ext.weights_check import WeightsMismatchError
 from mmseg_ext.deploy.export import DeployableSegmentor, export_onnx, load_weights_strict

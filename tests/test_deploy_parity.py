@@ -4,7 +4,7 @@ import pytest
 
 from mmseg_ext.deploy import DeployError
 
-from deploy_helpers import FAMILY_CONFIGS, batch, export, family_model, logits, onnx_segmentor, relative_difference, \
+from utils import FAMILY_CONFIGS, batch, export, family_model, logits, onnx_segmentor, relative_difference, \
     with_test_cfg
 
 TOLERANCE = 1e-4  # relative to the logit range

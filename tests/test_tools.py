@@ -184,13 +184,13 @@ TOOL_CASES = ([('test.py', sample) for sample in DIAGNOSES] + [('infer.py', samp
 
 @pytest.mark.parametrize('tool, sample', TOOL_CASES)
 def test_unusable_checkpoint_is_one_line_from_every_tool(tool, sample, trained_run, tiny_data, tmp_path):
-    from checkpoint_samples import EXPECTED, write_sample
+    from utils import UNUSABLE_CHECKPOINTS, write_sample
     config, work_dir, _ = trained_run
     checkpoint = write_sample(sample, tmp_path, work_dir / 'iter_4.pth')
     image = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))[0]
     proc = run_tool(_tool_command(tool, config, checkpoint, tmp_path, image), cwd=tmp_path, expect_ok=False)
     line = _single_error_line(proc)
-    assert EXPECTED[sample][1] in line and str(checkpoint) in line
+    assert UNUSABLE_CHECKPOINTS[sample][1] in line and str(checkpoint) in line
     assert not (tmp_path / 'pwned').exists()
 
 

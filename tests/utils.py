@@ -1,18 +1,23 @@
-"""Helpers shared by the test modules: paths, tool runners, the tiny training config, weight randomisers.
+"""Helpers shared by the test modules: paths, tool runners, the tiny training config, weight randomisers,
+unusable checkpoint files, and the deployment tests' models and batches.
 
 Fixtures live in conftest.py (pytest finds them); everything a test imports comes from here. The
 ``*_reference.py`` modules beside this one hold only the papers' reference networks.
 """
 import importlib.util
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / 'tools'
@@ -103,7 +108,6 @@ def mmseg_config_path(relative: str) -> str:
 
 def build_segmentor(config_path: str, cfg_options: Optional[dict] = None) -> nn.Module:
     """Build the segmentor of a config file in mmseg's default scope."""
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
@@ -209,3 +213,158 @@ def saved_hf_segformer(directory: Path, model_class: str, num_labels: int, seed:
     model = randomize_(model, seed=seed).eval()
     model.save_pretrained(directory)
     return directory, model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files that are not usable checkpoints: foreign files, damaged checkpoints, a hostile pickle.
+
+# name -> (exception class name in mmseg_ext.safe_unpickler, a phrase the one-line message must contain)
+UNUSABLE_CHECKPOINTS: Dict[str, Tuple[str, str]] = {
+    'random_bytes': ('NotACheckpointError', 'unrecognised binary data'),
+    'png_image': ('NotACheckpointError', 'is a PNG image'),
+    'text_file': ('NotACheckpointError', 'is a text file'),
+    'web_page': ('NotACheckpointError', 'is a web page'),
+    'lfs_pointer': ('NotACheckpointError', 'Git LFS pointer'),
+    'zip_of_images': ('NotACheckpointError', 'zip archive without data.pkl'),
+    'empty_file': ('DamagedCheckpointError', 'the file is empty'),
+    'truncated_zip': ('DamagedCheckpointError', 'cut off while being written or copied'),
+    'crc_corrupted_zip': ('DamagedCheckpointError', 'fails its CRC-32 check'),
+    'legacy_truncated': ('DamagedCheckpointError', 'probably'),
+    'hostile_pickle': ('UnsafeCheckpointError', 'it asks for posix.system'),
+}
+
+
+class RunsCommand:
+    """A pickle payload: unpickling it would run ``touch marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+def small_checkpoint(path: Path) -> Path:
+    """A valid mmengine-style checkpoint with two tensors (a few KB)."""
+    generator = torch.Generator().manual_seed(0)
+    torch.save({'meta': {'iter': 1}, 'state_dict': {'w': torch.randn(32, 32, generator=generator),
+                                                    'b': torch.randn(32, generator=generator)}}, path)
+    return path
+
+
+def _entry_data_offset(archive_path: Path, suffix: str) -> int:
+    """Offset of the stored bytes of the zip entry whose name ends with ``suffix``."""
+    with zipfile.ZipFile(archive_path) as archive:
+        info = next(info for info in archive.infolist() if info.filename.endswith(suffix))
+    with open(archive_path, 'rb') as file:
+        file.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack('<HH', file.read(4))
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def write_sample(name: str, directory: Path, good: Path) -> Path:
+    """Write the sample ``name`` (a key of :data:`UNUSABLE_CHECKPOINTS`) into ``directory``; ``good`` is a valid
+    checkpoint that damaged samples start from."""
+    path = directory / f'{name}.pth'
+    content = good.read_bytes()
+    if name == 'random_bytes':
+        path.write_bytes(bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)))
+    elif name == 'png_image':
+        import cv2
+        ok, encoded = cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))
+        assert ok
+        path.write_bytes(encoded.tobytes())
+    elif name == 'text_file':
+        path.write_text('model weights will be uploaded here\n')
+    elif name == 'web_page':
+        path.write_text('<!DOCTYPE html>\n<html><body>Sign in to download</body></html>\n')
+    elif name == 'lfs_pointer':
+        path.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4096\n')
+    elif name == 'zip_of_images':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('images/0001.png', b'not really')
+    elif name == 'empty_file':
+        path.write_bytes(b'')
+    elif name == 'truncated_zip':
+        path.write_bytes(content[:len(content) * 2 // 3])
+    elif name == 'crc_corrupted_zip':
+        damaged = bytearray(content)
+        damaged[_entry_data_offset(good, 'data/0') + 10] ^= 0xFF  # one tensor byte; torch would load it silently
+        path.write_bytes(bytes(damaged))
+    elif name == 'legacy_truncated':
+        legacy = directory / 'legacy_source.pth'
+        torch.save({'w': torch.zeros(64)}, legacy, _use_new_zipfile_serialization=False)
+        path.write_bytes(legacy.read_bytes()[:200])
+    elif name == 'hostile_pickle':
+        torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': RunsCommand(directory / 'pwned')}, path)
+    else:
+        raise KeyError(name)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deployment: small segmentors with non-trivial BN statistics, mmseg-style test batches, the plugin's ONNX
+# Runtime segmentor built from an exported file.
+
+FAMILY_CONFIGS = {
+    'erfnet-fcn': 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py',
+    'erfnet-paper-head': 'configs/_demo_/erfnet.py',
+    'segformer-b0': 'configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py',
+    'segformer-b0-official': 'configs/segformer/segformer-official_mit-b0_8xb1-160k_cityscapes-1024x1024.py',
+    'ocrnet-hr18s': 'configs/ocrnet/ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py',
+    'ocr-mit-b0': 'configs/ocrnet/ocrnet_mit-b0_8xb1-160k_cityscapes-1024x1024.py',
+}
+
+
+def family_model(name: str, seed: int = 0, cfg_options: Optional[dict] = None) -> Tuple[Config, torch.nn.Module]:
+    """The family's config and its segmentor with random weights and random BN statistics, eval mode."""
+    from mmseg_ext.deploy.export import build_segmentor as build_deployable
+    from mmseg_ext.launch import load_run_config
+    cfg = load_run_config(str(REPO / FAMILY_CONFIGS[name]), cfg_options=dict(cfg_options or {}))
+    torch.manual_seed(seed)
+    model = build_deployable(cfg)
+    randomize_batch_norms(model, seed)
+    return cfg, model.eval()
+
+
+def export(model: torch.nn.Module, cfg: Config, path: Path, shape: Sequence[int], dynamic: bool,
+           **kwargs) -> Path:
+    from mmseg_ext.deploy.export import export_segmentor
+    export_segmentor(model, cfg, str(path), tuple(shape), dynamic=dynamic, **kwargs)
+    return path
+
+
+def batch(height: int, width: int, ori_shape: Optional[Tuple[int, int]] = None, seed: int = 0) -> dict:
+    """One image as mmseg's test pipeline packs it (uint8 CHW, BGR) with its data sample."""
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    from mmseg.structures import SegDataSample
+    sample = SegDataSample(metainfo=dict(ori_shape=ori_shape or (height, width), img_shape=(height, width)))
+    return dict(inputs=[image], data_samples=[sample])
+
+
+def with_test_cfg(model: torch.nn.Module, test_cfg: dict) -> torch.nn.Module:
+    from mmengine.config import ConfigDict
+    model.test_cfg = ConfigDict(test_cfg)
+    return model
+
+
+def onnx_segmentor(cfg: Config, onnx_file: Path, test_cfg: Optional[dict] = None) -> torch.nn.Module:
+    from mmseg_ext.deploy import onnx_model_config
+    from mmseg_ext.registry import MODELS
+    model_cfg = cfg.model.copy()
+    if test_cfg is not None:
+        model_cfg.test_cfg = test_cfg
+    return MODELS.build(onnx_model_config(model_cfg, str(onnx_file), threads=1))
+
+
+def logits(model: torch.nn.Module, data: dict) -> torch.Tensor:
+    """``seg_logits`` of mmseg's ``test_step`` (preprocessing, inference, postprocessing)."""
+    import copy
+    with torch.no_grad():
+        return model.test_step(copy.deepcopy(data))[0].seg_logits.data
+
+
+def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest difference relative to the range of the expected logits."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return float((actual - expected).abs().max() / (expected.max() - expected.min()))
