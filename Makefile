@@ -59,8 +59,10 @@ demo: demo-data
 	@echo "[demo] evaluating the last checkpoint on the demo val split"
 	$(PY) tools/test.py "$(DEMO_CONFIG)" "$$(cat $(DEMO_WORK_DIR)/last_checkpoint)" --work-dir "$(DEMO_WORK_DIR)" --show-dir overlays
 
+# Tests run one torch thread each (tests/conftest.py), so two worker processes keep both cores busy.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Every family against mmseg's own implementation with the same weights, the variants alternating in one
 # process (tools/benchmark.py), the deployed ONNX Runtime path included; the tables are generated from the
