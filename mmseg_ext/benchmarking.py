@@ -24,13 +24,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from mmengine.analysis.jit_handles import addmm_flop_jit
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 __all__ = [
     'to_mmseg_config', 'build_segmentor', 'randomize_batch_norms', 'count_flops', 'FlopCount',
-    'ATTENTION_FLOP_HANDLES', 'Subject', 'VariantContext', 'VARIANT_STEPS', 'register_variant_step',
+    'ATTENTION_FLOP_HANDLES', 'IN_PLACE_FLOP_HANDLES', 'Subject', 'VariantContext', 'VARIANT_STEPS', 'register_variant_step',
     'build_variant', 'inference_runner', 'train_step_runner', 'time_alternating', 'peak_memory_mb', 'Timing',
     'ALLOCATORS', 'allocator_environment'
 ]
@@ -207,6 +208,9 @@ ATTENTION_FLOP_HANDLES: Dict[str, Callable[[List[Any], List[Any]], int]] = {
     'aten::_native_multi_head_attention': native_mha_flop_jit,
     'aten::baddbmm': baddbmm_flop_jit,
 }
+#: Handlers for in-place forms of products mmengine counts out of place: the SegFormer head accumulates
+#: its fusion convolution block by block with ``addmm_``.
+IN_PLACE_FLOP_HANDLES: Dict[str, Callable[[List[Any], List[Any]], int]] = {'aten::addmm_': addmm_flop_jit}
 
 #: What :func:`count_flops` counts, for the tables.
 FLOP_CONVENTION = ('multiply-adds counted once (mmengine FlopAnalyzer: convolutions, linear and matrix '
@@ -229,7 +233,7 @@ class FlopCount:
 def count_flops(model: nn.Module, inputs: Tensor) -> FlopCount:
     """FLOPs of ``model(inputs)`` (a segmentor: its ``_forward``), traced without gradients."""
     from mmengine.analysis import FlopAnalyzer
-    analyzer = FlopAnalyzer(model, (inputs, )).set_op_handle(**ATTENTION_FLOP_HANDLES)
+    analyzer = FlopAnalyzer(model, (inputs, )).set_op_handle(**ATTENTION_FLOP_HANDLES, **IN_PLACE_FLOP_HANDLES)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
     with torch.no_grad():
         total = analyzer.total()

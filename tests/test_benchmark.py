@@ -2,11 +2,13 @@
 import json
 import sys
 import time
+from typing import Tuple
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from mmseg_ext.benchmarking import (ALLOCATORS, Timing, VariantContext, allocator_environment, build_segmentor,
                                     build_variant, count_flops, current_allocator, inference_runner, parse_variant,
@@ -134,6 +136,32 @@ def test_plugin_and_mmseg_mit_count_the_same_with_attention():
     assert ours.by_operator['scaled_dot_product_attention'] > 0
     # Stage 1 alone: 16x24 queries attend to 2x3 reduced keys of 32 channels, q k^T and p v, two blocks.
     assert ours.by_operator['scaled_dot_product_attention'] >= 2 * 384 * 6 * 64
+
+
+def test_plugin_and_mmseg_segformer_head_count_the_same():
+    """The plugin's head accumulates its fusion block by block (in-place matrix products): same count."""
+    from mmseg.models.decode_heads import SegformerHead as MmsegSegformerHead
+
+    from mmseg_ext.models.decode_heads.segformer_head import SegformerHead
+    head_cfg = dict(in_channels=[8, 16, 24, 32], in_index=[0, 1, 2, 3], channels=16, num_classes=5,
+                    norm_cfg=dict(type='BN', requires_grad=True))
+    torch.manual_seed(0)
+    plugin, reference = SegformerHead(**head_cfg).eval(), MmsegSegformerHead(**head_cfg).eval()
+    inputs = [torch.randn(1, c, 32 // 2**i, 48 // 2**i) for i, c in enumerate(head_cfg['in_channels'])]
+
+    class Head(nn.Module):
+
+        def __init__(self, head: nn.Module) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, features: Tuple[Tensor, ...]) -> Tensor:
+            return self.head(list(features))
+
+    ours, theirs = count_flops(Head(plugin), tuple(inputs)), count_flops(Head(reference), tuple(inputs))
+    assert ours.total == theirs.total
+    # The fusion alone: 4 x 16 input channels to 16 at 32x48 pixels.
+    assert ours.total > 4 * 16 * 16 * 32 * 48
 
 
 def test_ocr_head_products_are_counted():

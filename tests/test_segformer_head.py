@@ -55,6 +55,34 @@ def test_official_style_is_the_nvlabs_decoder():
         torch.testing.assert_close(head(features), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('channels_last', [False, True], ids=['contiguous', 'channels-last'])
+def test_fusion_without_concatenation_matches_mmseg_in_training_and_folded(channels_last):
+    """The fusion, accumulated block by block, gives mmseg's outputs and gradients in either input layout,
+    and keeps a bias that folding put into the fusion convolution."""
+    reference = randomize_(MmsegSegformerHead(**dict(HEAD_KWARGS, dropout_ratio=0.)), seed=3).double().train()
+    head = SegformerHead(**dict(HEAD_KWARGS, dropout_ratio=0.)).double().train()
+    head.load_state_dict(reference.state_dict(), strict=True)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    inputs = {name: [f.double().contiguous(memory_format=layout).requires_grad_() for f in _features()]
+              for name in ('ours', 'theirs')}
+    ours, theirs = head(inputs['ours']), reference(inputs['theirs'])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+    ours.pow(2).sum().backward()
+    theirs.pow(2).sum().backward()
+    for mine, expected in zip(inputs['ours'], inputs['theirs']):
+        torch.testing.assert_close(mine.grad, expected.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(head.fusion_conv.conv.weight.grad, reference.fusion_conv.conv.weight.grad,
+                               rtol=1e-10, atol=1e-10)
+
+    from mmseg_ext.folding import fuse_conv_bn
+    head.eval(), reference.eval()
+    with torch.no_grad():
+        expected = reference(inputs['theirs'])
+        folded = fuse_conv_bn(head)
+        assert folded.fusion_conv.conv.bias is not None
+        torch.testing.assert_close(folded(inputs['ours']), expected, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize('head_style', ['mmseg', 'official'])
 def test_every_head_parameter_gets_a_gradient(head_style):
     head = SegformerHead(head_style=head_style, **HEAD_KWARGS).train()

@@ -1,7 +1,7 @@
 """SegFormer's all-MLP decoder in mmseg's and in the official (NVlabs / Hugging Face) form."""
 from typing import List, Sequence
 
-import torch
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
@@ -21,7 +21,8 @@ class SegformerHead(BaseDecodeHead):
 
     Each input stage is projected to ``channels`` by a 1x1 convolution and upsampled to the first
     stage's resolution; the concatenation is fused by a 1x1 convolution with norm and ReLU, then
-    dropout and the classifier (``conv_seg``) follow. Two forms exist:
+    dropout and the classifier (``conv_seg``) follow. The fusion convolution is computed block by block
+    (:meth:`fuse`), without materialising the concatenation. Two forms exist:
 
     * ``head_style='mmseg'`` (default): mmseg's head. Projections are ``ConvModule`` s with
       ``norm_cfg`` and ``act_cfg``; concatenation order c1, c2, c3, c4.
@@ -71,4 +72,31 @@ class SegformerHead(BaseDecodeHead):
         ]
         if self.head_style == 'official':
             outs = outs[::-1]
-        return self.cls_seg(self.fusion_conv(torch.cat(outs, dim=1)))
+        return self.cls_seg(self.fuse(outs))
+
+    def fuse(self, parts: Sequence[Tensor]) -> Tensor:
+        """``fusion_conv`` applied to the channel concatenation of ``parts`` (each ``[B, channels, H, W]``).
+
+        A 1x1 convolution of a concatenation is the sum of the parts' products with the matching
+        input-channel blocks of the weight: the same products and sums, only the reduction over input
+        channels is split into ``len(parts)`` partial sums, accumulated in place into one buffer. This
+        avoids the concatenated copy (``[B, len(parts) * channels, H, W]``, the head's largest tensor) and,
+        in training, its gradient, which is allocated while every saved activation is still alive. The
+        products are matrix products of ``[B*H*W, channels]`` pixel rows, views of channels-last maps
+        (what the backbone's and the projections' outputs are); other layouts are copied to rows first.
+        """
+        fusion = self.fusion_conv
+        batch, _, height, width = parts[0].shape
+        weight_blocks = fusion.conv.weight.flatten(1).split(self.channels, dim=1)  # [channels, channels] each
+
+        def pixel_rows(feature_map: Tensor) -> Tensor:
+            return feature_map.permute(0, 2, 3, 1).reshape(-1, feature_map.shape[1])
+
+        # The bias is only there when a norm has been folded into the fusion convolution.
+        out = F.linear(pixel_rows(parts[0]), weight_blocks[0], fusion.conv.bias)
+        for part, weight in zip(parts[1:], weight_blocks[1:]):
+            out = out.addmm_(pixel_rows(part), weight.t())
+        out = out.view(batch, height, width, -1).permute(0, 3, 1, 2)  # channels-last [B, channels, H, W]
+        if fusion.with_norm:
+            out = fusion.norm(out)
+        return fusion.activate(out) if fusion.with_activation else out
