@@ -29,8 +29,11 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 POLICIES: Dict[str, Dict[str, str]] = {
     'tool default': {},
     'libgomp default': {'GOMP_SPINCOUNT': '300000'},
+    'spin 100k': {'GOMP_SPINCOUNT': '100000'},
+    'spin 30k': {'GOMP_SPINCOUNT': '30000'},
     'spin 10k': {'GOMP_SPINCOUNT': '10000'},
 }
+CONDITIONS = ('alone', 'beside')
 _OPENMP_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')
 # The second job: 2-thread convolutions in a loop, default libgomp settings.
 _BUSY_JOB = """
@@ -52,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--skip', type=int, default=4, help='first iterations left out of the median')
     parser.add_argument('--rounds', type=int, default=2, help='alternating rounds over all conditions')
     parser.add_argument('--policies', nargs='+', default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument('--conditions', nargs='+', default=list(CONDITIONS), choices=CONDITIONS,
+                        help='alone, beside a second 2-thread job, or both')
     parser.add_argument('--json', help='also write the raw results here')
     args = parser.parse_args(argv)
     if args.iters <= args.skip:
@@ -103,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Dict[str, List[float]]] = {p: {'alone': [], 'beside': []} for p in args.policies}
     for round_index in range(args.rounds):
         for policy in args.policies:
-            for condition in ('alone', 'beside'):
+            for condition in args.conditions:
                 seconds = measure(args, policy, condition == 'beside')
                 results[policy][condition].append(seconds)
                 print(f'[round {round_index + 1}] {policy:16s} {condition:6s} {seconds:.3f} s/iter', flush=True)
@@ -111,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print('| policy | alone (s/iter) | beside a 2-thread job (s/iter) | slow-down |')
     print('|---|---:|---:|---:|')
     for policy, runs in results.items():
-        alone, beside = statistics.median(runs['alone']), statistics.median(runs['beside'])
+        alone, beside = (statistics.median(runs[c]) if runs[c] else float('nan') for c in CONDITIONS)
         print(f'| {policy} | {alone:.3f} | {beside:.3f} | {beside / alone:.2f}x |')
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as file:
