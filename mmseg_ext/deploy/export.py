@@ -7,7 +7,6 @@ mmseg's ``encode_decode`` returns for one image or one sliding window. Padding, 
 resize to the original image size stay outside the graph, in :class:`~mmseg_ext.deploy.ONNXRuntimeSegmentor`,
 so that one graph serves both test modes as mmseg runs them.
 """
-import copy
 import math
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -62,17 +61,13 @@ class DeployableSegmentor(nn.Module):
 
 
 def build_segmentor(cfg: Config) -> nn.Module:
-    """The config's segmentor in eval mode, without downloading ``pretrained`` weights, SyncBN as BN."""
-    from mmengine.model import revert_sync_batchnorm
+    """The config's segmentor in eval mode, in the config's default scope (see
+    :func:`mmseg_ext.launch.build_segmentor`: no pretrained weights are read, SyncBN becomes BN)."""
     from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+
+    from mmseg_ext.launch import build_segmentor as build_model
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pop('pretrained', None)
-    model_cfg.get('backbone', {}).pop('pretrained', None)
-    model_cfg.get('backbone', {}).pop('init_cfg', None)
-    model = revert_sync_batchnorm(MODELS.build(model_cfg))
-    return model.eval()
+    return build_model(cfg.model).eval()
 
 
 def load_weights_strict(model: nn.Module, checkpoint: str) -> Dict[str, Any]:
