@@ -1,10 +1,11 @@
 """Side-by-side measurement of segmentors, the one home of ``tools/benchmark.py``'s machinery.
 
-One config resolver (:func:`to_mmseg_config`, :func:`build_segmentor`), one weight randomiser
-(:func:`randomize_batch_norms`), one FLOP counter (:func:`count_flops`), one table of variants (the paths
-timed side by side: :data:`VARIANT_STEPS`, :func:`build_variant`), the two timed tasks
-(:func:`inference_runner`, :func:`train_step_runner`), one timer (:func:`time_alternating`), one
-peak-memory probe (:func:`peak_memory_mb`) and the allocator conditions (:data:`ALLOCATORS`).
+One config resolver (:func:`to_mmseg_config`; models are built by the tools' one builder,
+:func:`mmseg_ext.launch.build_segmentor`), one weight randomiser (:func:`randomize_batch_norms`), one FLOP
+counter (:func:`count_flops`), one table of variants (the paths timed side by side: :data:`VARIANT_STEPS`,
+:func:`build_variant`), the two timed tasks (:func:`inference_runner`, :func:`train_step_runner`), one timer
+(:func:`time_alternating`), one peak-memory probe (:func:`peak_memory_mb`) and the allocator conditions
+(:data:`ALLOCATORS`).
 
 Speed claims in this project are ratios measured in one process with the same weights, the variants
 called in turn so that a busy shared machine slows them alike.
@@ -24,10 +25,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from mmengine.analysis.jit_handles import addmm_flop_jit
 import torch
 import torch.nn as nn
+from mmengine.analysis.jit_handles import addmm_flop_jit
 from torch import Tensor
+
+from mmseg_ext.launch import build_segmentor
 
 __all__ = [
     'to_mmseg_config', 'build_segmentor', 'randomize_batch_norms', 'count_flops', 'FlopCount',
@@ -121,37 +124,33 @@ def to_mmseg_config(cfg: Any) -> Any:
     return result
 
 
-def build_segmentor(model_cfg: dict) -> nn.Module:
-    """Build ``model_cfg`` without its ``pretrained`` weights and with plain batch norms.
-
-    The benchmark uses random weights or a checkpoint, so nothing is downloaded; SyncBN becomes BN as
-    mmseg's runner does in a single process (both implementations alike). ``model_cfg`` is not
-    modified: mmseg's segmentors move ``pretrained`` into the backbone's config while they build.
-    """
-    from mmengine.model import revert_sync_batchnorm
-    from mmseg.registry import MODELS
-    model_cfg = copy.deepcopy(model_cfg)
-    model_cfg.pop('pretrained', None)
-    model_cfg.get('backbone', {}).pop('pretrained', None)
-    return revert_sync_batchnorm(MODELS.build(model_cfg))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Weights.
 
 
-def randomize_batch_norms(model: nn.Module, seed: int = 0) -> None:
+def randomize_batch_norms(model: nn.Module, seed: int = 0, mean_std: float = 0.1,
+                          var_range: Tuple[float, float] = (0.5, 1.5), bias_std: float = 0.1,
+                          batches_tracked: Optional[int] = None) -> nn.Module:
     """Give every batch norm non-trivial running statistics and affine parameters (random weights
-    otherwise leave BN at identity, which would hide folding and layout errors)."""
+    otherwise leave BN at identity, which would hide folding and layout errors); returns ``model``.
+
+    Running means N(0, mean_std^2), variances U(var_range), scales U(0.5, 1.5), shifts N(0, bias_std^2),
+    drawn in that order per norm from one generator seeded with ``seed``.
+    """
     generator = torch.Generator().manual_seed(seed)
+    low, high = var_range
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+                shape = module.running_mean.shape
+                module.running_mean.copy_(torch.randn(shape, generator=generator) * mean_std)
+                module.running_var.copy_(torch.rand(shape, generator=generator) * (high - low) + low)
                 if module.weight is not None:
-                    module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+                    module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                    module.bias.copy_(torch.randn(shape, generator=generator) * bias_std)
+                if batches_tracked is not None:
+                    module.num_batches_tracked.fill_(batches_tracked)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -327,17 +326,30 @@ def _channels_last_step(subject: Subject, context: VariantContext) -> Subject:
     return Subject(module, _forward_of(module), torch.channels_last, subject.trainable, subject.autocast)
 
 
-def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
-    """``torch.compile`` of the network's parts (backbone, neck, heads); the losses, the resize of
-    ``inference`` and the optimizer stay eager."""
-    module = _module_of(subject, 'compiled')
+def _compile_parts(module: nn.Module, options: Optional[Dict[str, Any]] = None) -> None:
+    """``torch.compile`` the network's parts (backbone, neck, heads) in place, with inductor ``options``."""
     for name in ('backbone', 'neck', 'decode_head', 'auxiliary_head'):
         part = getattr(module, name, None)
-        parts = part if isinstance(part, nn.ModuleList) else [part]
-        for piece in parts:
+        for piece in (part if isinstance(part, nn.ModuleList) else [part]):
             if isinstance(piece, nn.Module):
-                piece.compile()
+                piece.compile(options=options)
+
+
+def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
+    """``torch.compile`` of the network's parts; the losses, the resize of ``inference`` and the
+    optimizer stay eager."""
+    module = _module_of(subject, 'compiled')
+    _compile_parts(module)
     return Subject(module, _forward_of(module), subject.memory_format, subject.trainable, subject.autocast)
+
+
+def _frozen_step(subject: Subject, context: VariantContext) -> Subject:
+    """``torch.compile`` with inductor's freezing, PyTorch's setting for CPU inference: the weights become
+    constants of the graph, folded and pre-packed for oneDNN. Inference only (a frozen graph would not see
+    the optimizer's updates); compiling takes longer than plain ``compiled``."""
+    module = _module_of(subject, 'frozen').eval()
+    _compile_parts(module, options={'freezing': True})
+    return Subject(module, _forward_of(module), subject.memory_format, trainable=False, autocast=subject.autocast)
 
 
 def _amp_step(subject: Subject, context: VariantContext) -> Subject:
@@ -355,6 +367,7 @@ VARIANT_STEPS: Dict[str, VariantStep] = {
     'folded': _folded_step,
     'channels-last': _channels_last_step,
     'compiled': _compiled_step,
+    'frozen': _frozen_step,
     'amp': _amp_step,
 }
 VARIANT_BASES = {'mmseg', 'configured'}
@@ -436,15 +449,15 @@ def train_step_runner(subject: Subject, images: Tensor, labels: Tensor, optim_wr
     and the optimizer step of ``optim_wrapper_cfg`` (built with mmengine, as the runner does).
 
     Raises:
-        ValueError: for a path that cannot be trained (folded, or not a module).
+        ValueError: for a path that cannot be trained (folded, frozen, or not a module).
     """
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     if subject.module is None or not subject.trainable:
-        raise ValueError('this variant cannot be trained (a folded model has no batch norms to train, an '
-                         'exported runtime no autograd)')
+        raise ValueError('this variant cannot be trained (a folded model has no batch norms to train, a frozen '
+                         'graph holds its weights as constants, an exported runtime has no autograd)')
     module = subject.module.train()
     logger = MMLogger.get_current_instance()
     level = logger.level
