@@ -326,13 +326,13 @@ def _channels_last_step(subject: Subject, context: VariantContext) -> Subject:
     return Subject(module, _forward_of(module), torch.channels_last, subject.trainable, subject.autocast)
 
 
-def _compile_parts(module: nn.Module, options: Optional[Dict[str, Any]] = None) -> None:
-    """``torch.compile`` the network's parts (backbone, neck, heads) in place, with inductor ``options``."""
+def _compile_parts(module: nn.Module) -> None:
+    """``torch.compile`` the network's parts (backbone, neck, heads) in place."""
     for name in ('backbone', 'neck', 'decode_head', 'auxiliary_head'):
         part = getattr(module, name, None)
         for piece in (part if isinstance(part, nn.ModuleList) else [part]):
             if isinstance(piece, nn.Module):
-                piece.compile(options=options)
+                piece.compile()
 
 
 def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
@@ -341,15 +341,6 @@ def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
     module = _module_of(subject, 'compiled')
     _compile_parts(module)
     return Subject(module, _forward_of(module), subject.memory_format, subject.trainable, subject.autocast)
-
-
-def _frozen_step(subject: Subject, context: VariantContext) -> Subject:
-    """``torch.compile`` with inductor's freezing, PyTorch's setting for CPU inference: the weights become
-    constants of the graph, folded and pre-packed for oneDNN. Inference only (a frozen graph would not see
-    the optimizer's updates); compiling takes longer than plain ``compiled``."""
-    module = _module_of(subject, 'frozen').eval()
-    _compile_parts(module, options={'freezing': True})
-    return Subject(module, _forward_of(module), subject.memory_format, trainable=False, autocast=subject.autocast)
 
 
 def _amp_step(subject: Subject, context: VariantContext) -> Subject:
@@ -367,7 +358,6 @@ VARIANT_STEPS: Dict[str, VariantStep] = {
     'folded': _folded_step,
     'channels-last': _channels_last_step,
     'compiled': _compiled_step,
-    'frozen': _frozen_step,
     'amp': _amp_step,
 }
 VARIANT_BASES = {'mmseg', 'configured'}
@@ -449,15 +439,15 @@ def train_step_runner(subject: Subject, images: Tensor, labels: Tensor, optim_wr
     and the optimizer step of ``optim_wrapper_cfg`` (built with mmengine, as the runner does).
 
     Raises:
-        ValueError: for a path that cannot be trained (folded, frozen, or not a module).
+        ValueError: for a path that cannot be trained (folded, or not a module).
     """
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     if subject.module is None or not subject.trainable:
-        raise ValueError('this variant cannot be trained (a folded model has no batch norms to train, a frozen '
-                         'graph holds its weights as constants, an exported runtime has no autograd)')
+        raise ValueError('this variant cannot be trained (a folded model has no batch norms to train, an '
+                         'exported runtime no autograd)')
     module = subject.module.train()
     logger = MMLogger.get_current_instance()
     level = logger.level

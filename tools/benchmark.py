@@ -4,8 +4,7 @@
 Variants (``--variants``, names joined from steps by ``+``; see ``mmseg_ext.benchmarking.VARIANT_STEPS``):
 ``mmseg`` (mmseg's own implementation of the config's network), ``configured`` (the plugin's model as
 configured), ``folded`` (BN folded into the convolutions by ``mmseg_ext.fuse_conv_bn``), ``channels-last``,
-``compiled`` (``torch.compile`` of backbone and heads), ``frozen`` (compiled with inductor's freezing:
-weights as constants, inference only), ``amp`` (autocast), ``onnxruntime`` and
+``compiled`` (``torch.compile`` of backbone and heads), ``amp`` (autocast), ``onnxruntime`` and
 ``onnxruntime-int8`` (the network exported to ONNX, folded, run by ONNX Runtime in the config's test mode:
 :mod:`mmseg_ext.deploy.bench`), e.g. ``--variants mmseg configured folded+channels-last onnxruntime``. The first variant is the baseline of the
 speed-up column (``mmseg`` when present). The older switches still work: ``--fuse-conv-bn``,

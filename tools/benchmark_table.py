@@ -64,8 +64,7 @@ def notes(results: List[dict]) -> List[str]:
         'implementation of the network, holding the same weights). Inference times the network\'s forward '
         '(`_forward`, under `torch.inference_mode`); a train step is forward, losses, backward and the '
         'config\'s optimizer step. Peak memory is what one call adds to the process. "first call" is the '
-        'first warm-up call, which includes one-time costs (for `compiled` and `frozen`, the compilation; `frozen` is '
-        '`torch.compile` with inductor\'s freezing, the weights compiled in as constants). Allocator '
+        'first warm-up call, which includes one-time costs (for `compiled`, the compilation). Allocator '
         '`default` is glibc as it starts; `tuned` keeps freed memory instead of returning it to the system '
         '(`mmseg_ext.benchmarking.ALLOCATORS`).', '',
         *(f'GFLOPs of one forward: {convention}.' for convention in conventions), '',
