@@ -34,7 +34,8 @@ from mmseg_ext.launch import build_segmentor
 
 __all__ = [
     'to_mmseg_config', 'build_segmentor', 'randomize_batch_norms', 'count_flops', 'FlopCount',
-    'ATTENTION_FLOP_HANDLES', 'IN_PLACE_FLOP_HANDLES', 'Subject', 'VariantContext', 'VARIANT_STEPS', 'register_variant_step',
+    'ATTENTION_FLOP_HANDLES', 'IN_PLACE_FLOP_HANDLES', 'Subject', 'VariantContext', 'VARIANT_STEPS',
+    'register_variant_step',
     'build_variant', 'inference_runner', 'train_step_runner', 'time_alternating', 'peak_memory_mb', 'Timing',
     'ALLOCATORS', 'allocator_environment'
 ]
@@ -326,20 +327,15 @@ def _channels_last_step(subject: Subject, context: VariantContext) -> Subject:
     return Subject(module, _forward_of(module), torch.channels_last, subject.trainable, subject.autocast)
 
 
-def _compile_parts(module: nn.Module) -> None:
-    """``torch.compile`` the network's parts (backbone, neck, heads) in place."""
+def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
+    """``torch.compile`` of the network's parts (backbone, neck, heads); the losses, the resize of
+    ``inference`` and the optimizer stay eager."""
+    module = _module_of(subject, 'compiled')
     for name in ('backbone', 'neck', 'decode_head', 'auxiliary_head'):
         part = getattr(module, name, None)
         for piece in (part if isinstance(part, nn.ModuleList) else [part]):
             if isinstance(piece, nn.Module):
                 piece.compile()
-
-
-def _compiled_step(subject: Subject, context: VariantContext) -> Subject:
-    """``torch.compile`` of the network's parts; the losses, the resize of ``inference`` and the
-    optimizer stay eager."""
-    module = _module_of(subject, 'compiled')
-    _compile_parts(module)
     return Subject(module, _forward_of(module), subject.memory_format, subject.trainable, subject.autocast)
 
 
