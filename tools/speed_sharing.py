@@ -81,7 +81,8 @@ def train_iteration_times(args: argparse.Namespace, policy: str, work_dir: str) 
     proc = subprocess.run(command, cwd=REPO, env=clean_environment(policy), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f'training failed ({policy}):\n{proc.stderr[-3000:]}')
-    times = [float(t) for t in re.findall(r'Iter\(train\) \[\s*\d+/\d+\].*?\btime: ([\d.]+)', proc.stdout + proc.stderr)]
+    log = proc.stdout + proc.stderr
+    times = [float(t) for t in re.findall(r'Iter\(train\) \[\s*\d+/\d+\].*?\btime: ([\d.]+)', log)]
     if len(times) < args.iters:
         raise RuntimeError(f'found {len(times)} iteration times in the log, expected {args.iters}')
     return times[args.skip:]

@@ -30,6 +30,7 @@ __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'h
 
 StateDict = Dict[str, Tensor]
 
+
 def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequence[str],
                out: StateDict, unused: List[str], names: Dict[Tuple[int, int, str, str], str]) -> None:
     """Concatenate the q/k/v (or q/kv) pieces of every block into mmseg's ``in_proj_*`` tensors.
@@ -42,6 +43,7 @@ def _stack_qkv(parts: Dict[Tuple[int, int, str], Dict[str, Tensor]], order: Sequ
                 [pieces[name] for name in order], dim=0)
         else:
             unused.extend(names[(stage, block, param, name)] for name in pieces)
+
 
 def linear_to_conv1x1(weight: Tensor) -> Tensor:
     """A ``Linear`` weight ``(out, in)`` as the weight ``(out, in, 1, 1)`` of the equivalent 1x1 conv."""
@@ -91,6 +93,7 @@ _HF_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]
 ]
 _HF_QKV = re.compile(r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)')
 
+
 def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, qkv_order: Sequence[str],
              stage_offset: int) -> Tuple[StateDict, List[str]]:
     compiled = [(re.compile(pattern), rename, transform) for pattern, rename, transform in rules]
@@ -115,6 +118,7 @@ def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, q
     _stack_qkv(qkv_parts, qkv_order, out, unused, qkv_names)
     return out, unused
 
+
 def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     """Map an NVlabs MiT state dict (no ``backbone.`` prefix) onto mmseg's keys.
 
@@ -122,6 +126,7 @@ def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict
         The converted tensors and the keys that are not part of the NVlabs encoder layout.
     """
     return _convert(state_dict, _NVLABS_RULES, _NVLABS_QKV, ('q', 'kv'), stage_offset=1)
+
 
 def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     """Map a Hugging Face ``SegformerModel`` state dict (``encoder.*`` keys) onto mmseg's keys.
@@ -131,9 +136,11 @@ def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, Li
     """
     return _convert(state_dict, _HF_RULES, _HF_QKV, ('query', 'key', 'value'), stage_offset=0)
 
+
 def _mmseg_identity(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
     encoder = {key: value for key, value in state_dict.items() if re.match(r'layers\.\d+\.', key)}
     return encoder, [key for key in state_dict if key not in encoder]
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -155,6 +162,7 @@ ENCODER_LAYOUTS: Dict[str, _Layout] = {
                            ('', 'segformer.'), hf_to_mmseg_encoder, ('classifier.', 'decode_head.')),
 }
 
+
 @dataclass
 class EncoderExtraction:
     """The encoder found in a checkpoint, in mmseg's layout.
@@ -171,6 +179,7 @@ class EncoderExtraction:
     state_dict: StateDict
     dropped: List[str] = field(default_factory=list)
     unused: List[str] = field(default_factory=list)
+
 
 def _extract_with(state_dict: Mapping[str, Tensor], name: str, prefix: str) -> EncoderExtraction:
     layout = ENCODER_LAYOUTS[name]
@@ -190,6 +199,7 @@ def _extract_with(state_dict: Mapping[str, Tensor], name: str, prefix: str) -> E
             outside.append(key)
     converted, unused = layout.to_mmseg(inner)
     return EncoderExtraction(name, prefix, converted, dropped, [prefix + key for key in unused] + outside)
+
 
 def extract_mit_encoder(state_dict: Mapping[str, Tensor],
                         expected_keys: Optional[Sequence[str]] = None) -> EncoderExtraction:
@@ -221,6 +231,7 @@ def extract_mit_encoder(state_dict: Mapping[str, Tensor],
     raise ValueError(f'the checkpoint holds no MiT encoder in a known layout (known: {known}). '
                      f'It comes closest to the {name} layout{f" under {prefix!r}" if prefix else ""}.'
                      f'{detail}')
+
 
 def describe_key_mismatch(state_dict: Mapping[str, Tensor], expected_keys: Sequence[str],
                           unused: Sequence[str] = ()) -> str:
