@@ -8,6 +8,9 @@ mmseg_ext``; :func:`start_cpu_process_group` is called by the tools once a run's
 * **mmengine <= 0.10.7 loads checkpoints with a bare ``torch.load``** (no ``weights_only``): since
   torch 2.6 that refuses the files mmengine's own runner writes, and before it any file may run code.
   Local files go through :func:`mmseg_ext.safe_unpickler.load_checkpoint_file` instead.
+* **mmengine <= 0.10.7 writes checkpoints in place and prunes before it saves**: a run killed while saving
+  leaves a half-written newest file, or with ``max_keep_ckpts=1`` none at all. Checkpoints and
+  ``last_checkpoint`` are written atomically and pruned after the save (:mod:`mmseg_ext.atomic_checkpoint`).
 * **mmengine <= 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device``**, which fails on a CPU
   build of torch, so ``--launcher pytorch`` (torchrun) cannot start without CUDA.
 * **mmseg's ``Upsample`` (1.x up to 1.2.2) sizes its output with Python ints**, which an ONNX trace
@@ -24,7 +27,7 @@ from mmengine.utils import digit_version
 from torch import nn
 
 __all__ = ['apply', 'start_cpu_process_group', 'traceable_upsampling', 'MMENGINE_LOADS_UNSAFELY',
-           'MMENGINE_LAUNCHER_NEEDS_CUDA']
+           'MMENGINE_LAUNCHER_NEEDS_CUDA', 'MMENGINE_SAVES_IN_PLACE']
 
 _MMENGINE = digit_version(mmengine.__version__)
 
@@ -32,6 +35,9 @@ _MMENGINE = digit_version(mmengine.__version__)
 MMENGINE_LOADS_UNSAFELY = _MMENGINE <= digit_version('0.10.7')
 #: mmengine's ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` unconditionally (last checked: 0.10.7).
 MMENGINE_LAUNCHER_NEEDS_CUDA = _MMENGINE <= digit_version('0.10.7')
+#: mmengine's ``save_checkpoint`` writes in place and ``CheckpointHook`` removes the oldest kept checkpoint
+#: before it writes the new one (last checked: 0.10.7).
+MMENGINE_SAVES_IN_PLACE = _MMENGINE <= digit_version('0.10.7')
 
 
 def apply() -> None:
@@ -42,6 +48,9 @@ def apply() -> None:
         from .safe_unpickler import load_checkpoint_file
         # '' is mmengine's scheme for local paths (load_from, resume, init_cfg=Pretrained).
         CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
+    if MMENGINE_SAVES_IN_PLACE:
+        from .atomic_checkpoint import install
+        install()
 
 
 def start_cpu_process_group(cfg: Config) -> None:

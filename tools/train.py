@@ -2,7 +2,9 @@
 
 Flags and flow follow mmseg 1.x's ``tools/train.py``; in addition ``--resume`` takes an optional path,
 the data roots and files are checked before the runner starts, and checkpoints load safely on
-torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`). ``load_from`` and ``--resume`` keep mmengine's
+torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`). ``--resume`` without a path continues from the newest
+intact checkpoint, skipping one a kill cut short; a full disk while saving stops the run with one line
+(:mod:`mmseg_ext.atomic_checkpoint`). ``load_from`` and ``--resume`` keep mmengine's
 non-strict loading, but the checkpoint is read first: a file that is not a checkpoint, is damaged or is
 unsafe stops the run with one line, and how its weights fit the model is logged
 (:mod:`mmseg_ext.weights_check`).
@@ -10,7 +12,7 @@ unsafe stops the run with one line, and how its weights fit the model is logged
 Examples::
 
     python tools/train.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py
-    python tools/train.py CONFIG --resume                      # latest checkpoint in the work dir
+    python tools/train.py CONFIG --resume                      # newest intact checkpoint in the work dir
     python tools/train.py CONFIG --resume work_dirs/x/iter_800.pth
     bash tools/dist_train.sh CONFIG 2                          # two processes via torchrun
 """
@@ -19,6 +21,7 @@ import logging
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 # Before torch starts its OpenMP runtime: waiting threads sleep instead of spinning, so this job and another
 # process on the same cores do not stall each other (an explicit setting in the environment wins).
@@ -31,10 +34,11 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
+from mmseg_ext.atomic_checkpoint import CheckpointDiskFullError, find_resumable_checkpoint
 from mmseg_ext.compat import start_cpu_process_group
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
-from mmseg_ext.safe_unpickler import CheckpointFileError
+from mmseg_ext.safe_unpickler import CheckpointFileError, DamagedCheckpointError
 from mmseg_ext.weights_check import check_weights, log_weights_summary
 from mmseg.registry import RUNNERS
 
@@ -45,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
         '--resume', nargs='?', const='auto', default=None, metavar='PATH',
-        help='resume training: from PATH if given, otherwise from the latest checkpoint in the work dir')
+        help='resume training: from PATH if given, otherwise from the newest intact checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true', help='enable automatic-mixed-precision training')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -77,13 +81,33 @@ def build_config(args: argparse.Namespace) -> Config:
 
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = choose_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise PreflightError(f'--resume checkpoint not found: {args.resume}')
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
+
+
+def choose_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest intact checkpoint of ``work_dir`` for ``--resume`` without a path; None without any
+    checkpoint (training starts afresh, as in mmengine). Logs each newer damaged or missing file it skips
+    and each leftover temporary file it removes (the first process only, so ranks do not race).
+
+    Raises:
+        PreflightError: if the work dir has checkpoints but none of them is intact.
+    """
+    first_process = os.environ.get('RANK', '0') == '0'
+    checkpoint, skipped, removed = find_resumable_checkpoint(work_dir, remove_leftovers=first_process)
+    for line in skipped:
+        print_log(f'--resume: {line}', logger='current', level=logging.WARNING)
+    for path in removed:
+        print_log(f'--resume: removed {path}, a temporary file left by a run killed while saving', logger='current')
+    if checkpoint is None and skipped:
+        raise PreflightError(f'--resume found no intact checkpoint in {work_dir}: every one is damaged or missing '
+                             '(listed above)')
+    return checkpoint
 
 
 def main(argv=None) -> int:
@@ -100,13 +124,19 @@ def main(argv=None) -> int:
     try:
         report_starting_weights(runner, cfg)
     except (CheckpointFileError, FileNotFoundError) as error:
-        print(f'error: {error}', file=sys.stderr)
+        hint = ''
+        if isinstance(error, DamagedCheckpointError) and args.resume not in (None, 'auto'):
+            hint = '; `--resume` without a path continues from the newest intact checkpoint in the work dir'
+        print(f'error: {error}{hint}', file=sys.stderr)
         return 2
     try:
         runner.train()
     except CheckpointFileError as error:  # a backbone's init_cfg checkpoint, read when training starts
         print(f'error: {error}', file=sys.stderr)
         return 2
+    except CheckpointDiskFullError as error:  # the previous checkpoint is intact; nothing partial was left
+        print(f'error: {error}', file=sys.stderr)
+        return 1
     return 0
 
 
