@@ -320,10 +320,8 @@ def _folded_step(subject: Subject, context: VariantContext) -> Subject:
 
 
 def _channels_last_step(subject: Subject, context: VariantContext) -> Subject:
-    module = _module_of(subject, 'channels-last').to(memory_format=torch.channels_last)
-    backbone = getattr(module, 'backbone', None)
-    if backbone is not None and getattr(backbone, 'channels_last', False) is None:
-        backbone.channels_last = True  # ERFNet: keep the features NHWC through the head as well
+    from mmseg_ext.precision import to_channels_last
+    module = to_channels_last(_module_of(subject, 'channels-last'))
     return Subject(module, _forward_of(module), torch.channels_last, subject.trainable, subject.autocast)
 
 
@@ -345,6 +343,16 @@ def _amp_step(subject: Subject, context: VariantContext) -> Subject:
                    autocast=lambda: torch.autocast(context.device.type, dtype=dtype))
 
 
+def _bf16_step(subject: Subject, context: VariantContext) -> Subject:
+    """The bf16 inference path: weights stored in bf16 (:func:`mmseg_ext.precision.cast_weights_to_bf16`)
+    under bf16 autocast; refused on a device without native bf16. Inference only (``amp`` trains)."""
+    from mmseg_ext.precision import bf16_autocast, cast_weights_to_bf16, check_precision
+    check_precision('bf16', context.device.type)
+    module = cast_weights_to_bf16(_module_of(subject, 'bf16'))
+    return Subject(module, _forward_of(module), subject.memory_format, trainable=False,
+                   autocast=lambda: bf16_autocast(context.device.type))
+
+
 VariantStep = Callable[[Optional[Subject], VariantContext], Subject]
 
 #: Steps a variant name is made of. Bases ignore the subject they are given and build a fresh one.
@@ -355,6 +363,7 @@ VARIANT_STEPS: Dict[str, VariantStep] = {
     'channels-last': _channels_last_step,
     'compiled': _compiled_step,
     'amp': _amp_step,
+    'bf16': _bf16_step,
 }
 VARIANT_BASES = {'mmseg', 'configured'}
 

@@ -1,4 +1,4 @@
-"""The plugin's model registry: a child of mmseg's ``MODELS`` with scope ``mmseg_ext``.
+"""The plugin's registries: children of mmseg's ``MODELS`` and ``OPTIM_WRAPPERS`` with scope ``mmseg_ext``.
 
 Configs keep ``default_scope='mmseg'`` and name plugin models as ``type='mmseg_ext.ERFNet'``. mmengine
 resolves the ``mmseg_ext.`` prefix by importing this module (``<scope>.registry``) and then the
@@ -9,8 +9,9 @@ from typing import Optional, Type
 
 from mmengine.registry import Registry
 from mmseg.registry import MODELS as MMSEG_MODELS
+from mmseg.registry import OPTIM_WRAPPERS as MMSEG_OPTIM_WRAPPERS
 
-__all__ = ['MODELS', 'PluginRegistry']
+__all__ = ['MODELS', 'OPTIM_WRAPPERS', 'PluginRegistry']
 
 
 class PluginRegistry(Registry):
@@ -27,3 +28,5 @@ class PluginRegistry(Registry):
 
 
 MODELS = PluginRegistry('model', parent=MMSEG_MODELS, scope='mmseg_ext', locations=['mmseg_ext.models'])
+OPTIM_WRAPPERS = PluginRegistry('optim_wrapper', parent=MMSEG_OPTIM_WRAPPERS, scope='mmseg_ext',
+                                locations=['mmseg_ext.engine'])

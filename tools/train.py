@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--resume', nargs='?', const='auto', default=None, metavar='PATH',
         help='resume training: from PATH if given, otherwise from the newest intact checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true', help='enable automatic-mixed-precision training')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision training: float16 AMP on a GPU, bfloat16 autocast on CPU')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, e.g. train_cfg.max_iters=100 model.decode_head.num_classes=19')
@@ -69,15 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     """The config with the command line applied, as mmseg's train tool builds it."""
     cfg = load_run_config(args.config, args.launcher, args.cfg_options, args.work_dir)
-    if args.amp:
-        wrapper = cfg.optim_wrapper.type
-        if wrapper == 'AmpOptimWrapper':
-            print_log('AMP training is already enabled in your config.', logger='current', level=logging.WARNING)
-        elif wrapper != 'OptimWrapper':
-            raise PreflightError(f'--amp needs optim_wrapper.type OptimWrapper, but the config has {wrapper!r}')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+    configure_amp(cfg, args.amp)
 
     if args.resume == 'auto':
         cfg.resume = True
@@ -88,6 +81,44 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg
+
+
+def _has_amp_accelerator() -> bool:
+    """Whether mmengine's float16 ``AmpOptimWrapper`` can run here (it asserts one of these devices)."""
+    from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+    return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
+
+
+def configure_amp(cfg: Config, amp: bool) -> None:
+    """Mixed precision for ``--amp``: mmengine's float16 ``AmpOptimWrapper`` (dynamic loss scale) on a GPU,
+    bfloat16 autocast (:class:`mmseg_ext.engine.Bf16AutocastOptimWrapper`, no loss scale) on CPU.
+
+    Raises:
+        PreflightError: for an optimizer wrapper --amp cannot change, a config that asks for float16 AMP on a
+            machine without a GPU, or bf16 on a CPU without native bf16.
+    """
+    from mmseg_ext.precision import PrecisionError, check_precision
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    accelerated = _has_amp_accelerator()
+    if wrapper == 'AmpOptimWrapper' and not accelerated:
+        raise PreflightError("the config's optim_wrapper is AmpOptimWrapper (float16, GPU only in mmengine) and "
+                             "this machine has no GPU; set optim_wrapper.type='OptimWrapper' and pass --amp "
+                             "for bfloat16 autocast on CPU")
+    if not amp:
+        return
+    if wrapper in ('AmpOptimWrapper', 'mmseg_ext.Bf16AutocastOptimWrapper'):
+        print_log('AMP training is already enabled in your config.', logger='current', level=logging.WARNING)
+    elif wrapper != 'OptimWrapper':
+        raise PreflightError(f'--amp needs optim_wrapper.type OptimWrapper, but the config has {wrapper!r}')
+    elif accelerated:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    else:
+        try:
+            check_precision('bf16', 'cpu')
+        except PrecisionError as error:
+            raise PreflightError(f'--amp on CPU (bfloat16 autocast): {error}') from None
+        cfg.optim_wrapper.type = 'mmseg_ext.Bf16AutocastOptimWrapper'
 
 
 def choose_resume_checkpoint(work_dir: str) -> Optional[str]:

@@ -94,8 +94,10 @@ class SegformerHead(BaseDecodeHead):
 
         # The bias is only there when a norm has been folded into the fusion convolution.
         out = F.linear(pixel_rows(parts[0]), weight_blocks[0], fusion.conv.bias)
+        # In-place products are not autocast: under autocast (or with bf16 weights) the accumulator has the
+        # dtype F.linear gave it, and the other operands are cast to it.
         for part, weight in zip(parts[1:], weight_blocks[1:]):
-            out = out.addmm_(pixel_rows(part), weight.t())
+            out = out.addmm_(pixel_rows(part).to(out.dtype), weight.t().to(out.dtype))
         out = out.view(batch, height, width, -1).permute(0, 3, 1, 2)  # channels-last [B, channels, H, W]
         if fusion.with_norm:
             out = fusion.norm(out)
