@@ -16,6 +16,9 @@ half-written newest file, and with ``max_keep_ckpts=1`` no usable checkpoint at 
 * ``CheckpointHook._save_checkpoint_with_step`` is replaced by :func:`_save_checkpoint_then_prune`: that
   method's whole content is the order of its steps (prune, save, point ``last_checkpoint``), so it is
   restated in the order that keeps a complete checkpoint at every moment (save, point, prune).
+* ``CheckpointHook._save_best_checkpoint`` (``save_best``) also removes the previous best checkpoint before
+  it writes the new one, amid score bookkeeping; :func:`_save_best_then_prune` runs mmengine's method with
+  the removals held back until it has returned.
 
 :func:`find_resumable_checkpoint` picks what ``tools/train.py --resume`` (without a path) continues from.
 """
@@ -47,8 +50,10 @@ _TEMPORARY_NAME = re.compile(r'^\..+' + re.escape(TEMPORARY_MARK) + r'\d+$')
 _DEFAULT_CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
 _KILLED_WHILE_SAVING = 'the run was probably killed while saving it'
 
-# mmengine's own function, for the backends a file cannot be renamed on; bound once, at import.
+# mmengine's own functions, bound once, at import: the save for the backends a file cannot be renamed on,
+# the best-checkpoint method that _save_best_then_prune runs.
 _mmengine_save_checkpoint = _mmengine_checkpoint.save_checkpoint
+_mmengine_save_best_checkpoint = CheckpointHook._save_best_checkpoint
 
 
 class CheckpointDiskFullError(OSError):
@@ -176,6 +181,25 @@ def _save_checkpoint_then_prune(self: CheckpointHook, runner, step: int, meta: d
             self.file_backend.rmtree(dropped)
 
 
+def _save_best_then_prune(self: CheckpointHook, runner, metrics: dict) -> None:
+    """Stand-in for ``CheckpointHook._save_best_checkpoint``: mmengine's method, with every file removal it
+    asks its file backend for carried out only once it has returned (so after the new best checkpoint is
+    complete); when it raises, nothing is removed."""
+    backend = self.file_backend
+    held_back = []
+    # Instance attributes shadow the backend's methods while mmengine's method runs.
+    backend.remove = lambda path: held_back.append((type(backend).remove, path))
+    backend.rmtree = lambda path: held_back.append((type(backend).rmtree, path))
+    try:
+        _mmengine_save_best_checkpoint(self, runner, metrics)
+    finally:
+        del backend.remove, backend.rmtree
+    current = {self.best_ckpt_path, *getattr(self, 'best_ckpt_path_dict', {}).values(), self.last_ckpt}
+    for remove, path in held_back:
+        if path not in current:  # a file saved again under the same name is the new one
+            remove(backend, path)
+
+
 def install() -> None:
     """Route mmengine's checkpoint writes and the hook's pruning through this module. Idempotent."""
     import mmengine.runner
@@ -183,6 +207,7 @@ def install() -> None:
     for module in (_mmengine_checkpoint, mmengine.runner.runner, mmengine.runner):
         module.save_checkpoint = save_checkpoint_atomically
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_then_prune
+    CheckpointHook._save_best_checkpoint = _save_best_then_prune
 
 
 def is_leftover_temporary(name: str) -> bool:

@@ -108,6 +108,35 @@ def test_a_full_disk_names_the_folder_and_the_bytes_needed(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its temporary file
 
 
+def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_saved(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook
+    from mmengine.logging import MessageHub, MMLogger
+    previous_best = small_checkpoint(tmp_path / 'best_mIoU_iter_1.pth')
+    hub = MessageHub(f'best-{tmp_path.name}')
+    hub.update_info('best_score', 0.5)
+    hub.update_info('best_ckpt', str(previous_best))
+
+    def save_checkpoint(out_dir, filename, *args, **kwargs):
+        mmengine_checkpoint.save_checkpoint({'meta': {'iter': 2}}, os.path.join(out_dir, filename))
+
+    runner = SimpleNamespace(work_dir=str(tmp_path), message_hub=hub, epoch=0, iter=2, save_checkpoint=save_checkpoint,
+                             logger=MMLogger.get_current_instance())
+    hook = CheckpointHook(interval=1, by_epoch=False, save_best='mIoU', rule='greater')
+    hook.before_train(runner)
+    stop_writing(monkeypatch, 'best_mIoU_iter_2.pth', SimulatedKill())
+    with pytest.raises(SimulatedKill):
+        hook._save_best_checkpoint(runner, {'mIoU': 0.7})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['best_mIoU_iter_1.pth']
+
+    monkeypatch.undo()
+    hub.update_info('best_score', 0.5)  # as a resumed run reads them from the previous checkpoint
+    hook.best_ckpt_path = str(previous_best)
+    hook._save_best_checkpoint(runner, {'mIoU': 0.7})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['best_mIoU_iter_2.pth']
+
+
 # --- choosing what --resume continues from ------------------------------------------------------------------
 
 def _work_dir_with(tmp_path: Path, intact=(1, 2), damaged=(3, ), last: Optional[str] = 'iter_3.pth') -> Path:

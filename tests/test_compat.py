@@ -34,14 +34,15 @@ def _checkpoint_writers():
     from mmengine.hooks import CheckpointHook
     from mmengine.runner import checkpoint
     return (checkpoint.save_checkpoint, mmengine.runner.runner.save_checkpoint, mmengine.runner.save_checkpoint,
-            CheckpointHook._save_checkpoint_with_step)
+            CheckpointHook._save_checkpoint_with_step, CheckpointHook._save_best_checkpoint)
 
 
 def test_the_installed_mmengine_saves_checkpoints_atomically():
     from mmseg_ext import atomic_checkpoint
     assert compat.MMENGINE_SAVES_IN_PLACE == (digit_version(mmengine.__version__) <= digit_version('0.10.7'))
     save = atomic_checkpoint.save_checkpoint_atomically
-    assert _checkpoint_writers() == (save, save, save, atomic_checkpoint._save_checkpoint_then_prune)
+    assert _checkpoint_writers() == (save, save, save, atomic_checkpoint._save_checkpoint_then_prune,
+                                     atomic_checkpoint._save_best_then_prune)
 
 
 def test_a_fixed_mmengine_keeps_its_own_checkpoint_writes(monkeypatch):
@@ -53,9 +54,10 @@ def test_a_fixed_mmengine_keeps_its_own_checkpoint_writes(monkeypatch):
     for module in (checkpoint, mmengine.runner.runner, mmengine.runner):
         monkeypatch.setattr(module, 'save_checkpoint', sentinel)
     monkeypatch.setattr(CheckpointHook, '_save_checkpoint_with_step', sentinel)
+    monkeypatch.setattr(CheckpointHook, '_save_best_checkpoint', sentinel)
     monkeypatch.setattr(compat, 'MMENGINE_SAVES_IN_PLACE', False)
     compat.apply()
-    assert _checkpoint_writers() == (sentinel, ) * 4
+    assert _checkpoint_writers() == (sentinel, ) * 5
     monkeypatch.setattr(compat, 'MMENGINE_SAVES_IN_PLACE', True)
     compat.apply()
     assert sentinel not in _checkpoint_writers()
