@@ -7,9 +7,15 @@ For every input image ``NAME.ext`` it writes, into ``--out-dir``:
 * ``NAME_overlay.png``: the colour mask blended over the image (``--opacity``).
 
 A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_labels/000000.png`` ...
-Inputs are checked before any work starts; an unreadable file stops the run with its name. So does a
-checkpoint that is not one, is damaged or unsafe, or whose weights do not fit the config's model
-(:mod:`mmseg_ext.weights_check`; ``--allow-partial-weights`` runs with the tensors that fit).
+
+A missing input, an unsupported file type or a folder without images stops the run before the model is
+built (exit status 2), as does a checkpoint that is not one, is damaged or unsafe, or whose weights do not
+fit the config's model (:mod:`mmseg_ext.weights_check`; ``--allow-partial-weights`` runs with the tensors
+that fit). An input that exists but cannot be read or decoded does not stop a batch: it gets one
+``error:`` line, the others are segmented, the run ends with a list of what failed and exits with status 1.
+A video that stops before the frame count its header declares counts as failed; its frames already
+segmented stay written. An image that fails the preflight's tail check (:func:`mmseg_ext.preflight.check_image_file`:
+truncated, or not what its suffix says) but still decodes gets a ``warning:`` line and is segmented.
 
 Example::
 
@@ -20,15 +26,17 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image, ImageFile
 from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
 from mmseg_ext.deploy import DeployError, is_onnx_file, onnx_inferencer
+from mmseg_ext.preflight import PreflightError, check_image_file
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -78,25 +86,42 @@ def collect_inputs(paths: List[str]) -> List[Tuple[str, str]]:
     return found
 
 
-def read_image(path: str) -> np.ndarray:
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f'cannot decode image: {path}')
-    return image
+def read_image(path: str) -> Tuple[np.ndarray, Optional[str]]:
+    """The BGR image and, if the file fails the preflight's tail check but decodes, what the check found.
 
-
-def video_frames(path: str) -> Iterator[np.ndarray]:
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        raise InputError(f'cannot open video: {path}')
+    Raises :class:`InputError` naming the file when it cannot be read or decoded.
+    """
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                return
-            yield frame
+        check_image_file(path)
+        damage = None
+    except PreflightError as error:
+        damage = str(error)
+    except OSError as error:
+        raise InputError(f'cannot read image: {path} ({error.strerror or error})') from None
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None and damage is not None:
+        image = decode_cut_short(path)
+    if image is None:
+        raise InputError(damage or f'cannot decode image: {path}')
+    return image, damage
+
+
+def decode_cut_short(path: str) -> Optional[np.ndarray]:
+    """The rows a damaged file still holds, as BGR (the rest black), or None if Pillow cannot decode it either.
+
+    OpenCV returns the decodable part of a JPEG cut short (libjpeg fills the rest) but nothing for a PNG
+    (libpng stops with a read error); Pillow can be told to keep the rows it decoded.
+    """
+    load_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert('RGB'))
+    except (OSError, SyntaxError, ValueError):  # what Pillow raises for data it cannot decode
+        return None
     finally:
-        capture.release()
+        ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 class CheckedInferencer(MMSegInferencer):
@@ -141,44 +166,69 @@ def write_png(path: str, array: np.ndarray) -> None:
         raise OSError(f'could not write {path}')
 
 
-def process_video(segment: Segmenter, path: str, out_dir: str, progress: Progress) -> int:
-    stem = osp.splitext(osp.basename(path))[0]
+def process_video(segment: Segmenter, path: str, out_dir: str, progress: Progress) -> Tuple[int, Optional[str]]:
+    """Segment every frame of the video at ``path``: the number of frames written, and why reading failed
+    (None if it did not). A video that stops before its declared frame count keeps the frames written."""
     capture = cv2.VideoCapture(path)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    capture.release()
+    if not capture.isOpened():
+        return 0, f'cannot open video: {path}'
+    stem = osp.splitext(osp.basename(path))[0]
     label_dir = osp.join(out_dir, f'{stem}_labels')
-    os.makedirs(label_dir, exist_ok=True)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 when the container does not say
+    task = progress.add_task(f'{stem} (video)', total=declared or None)
     writers = {}
-    task = progress.add_task(f'{stem} (video)', total=total)
     count = 0
     try:
-        for count, frame in enumerate(video_frames(path), 1):
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
             labels, color, overlay = segment(frame)
             if not writers:
+                os.makedirs(label_dir, exist_ok=True)
                 size = (frame.shape[1], frame.shape[0])
                 fourcc = cv2.VideoWriter_fourcc(*'mp4v')
                 writers = {name: cv2.VideoWriter(osp.join(out_dir, f'{stem}_{name}.mp4'), fourcc, fps, size)
                            for name in ('overlay', 'color')}
             writers['overlay'].write(overlay)
             writers['color'].write(color)
-            write_png(osp.join(label_dir, f'{count - 1:06d}.png'), labels)
+            write_png(osp.join(label_dir, f'{count:06d}.png'), labels)
+            count += 1
             progress.advance(task)
     finally:
+        capture.release()
         for writer in writers.values():
             writer.release()
     if count == 0:
-        raise InputError(f'no frames could be read from video: {path}')
-    return count
+        return 0, f'no frames could be read from video: {path}'
+    if count < declared:
+        return count, (f'video {path} stopped after {count} of the {declared} frames its header declares '
+                       f'(damaged or cut short); those {count} were segmented')
+    return count, None
+
+
+def report(kind: str, message: str) -> None:
+    """One ``error:`` or ``warning:`` line for an input, printed when it happens."""
+    print(f'{kind}: {message}', file=sys.stderr, flush=True)
+
+
+def print_summary(total: int, failed: List[str], warned: List[str]) -> None:
+    """What failed (and what was segmented with a warning), repeated after the run's other output."""
+    if warned:
+        print(f'[infer] {len(warned)} input(s) segmented with a warning:', file=sys.stderr)
+        for message in warned:
+            print(f'  {message}', file=sys.stderr)
+    if failed:
+        print(f'[infer] {len(failed)} of {total} inputs failed (the others were segmented):', file=sys.stderr)
+        for message in failed:
+            print(f'  {message}', file=sys.stderr)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         inputs = collect_inputs(args.inputs)
-        for kind, path in inputs:
-            if kind == 'video' and not cv2.VideoCapture(path).isOpened():
-                raise InputError(f'cannot open video: {path}')
     except InputError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -194,23 +244,38 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     segment = Segmenter(inferencer, args.opacity)
     images = [path for kind, path in inputs if kind == 'image']
-    try:
-        with Progress() as progress:
-            task = progress.add_task('images', total=len(images))
-            for path in images:
-                stem = osp.splitext(osp.basename(path))[0]
-                labels, color, overlay = segment(read_image(path))
-                write_png(osp.join(args.out_dir, f'{stem}_labels.png'), labels)
-                write_png(osp.join(args.out_dir, f'{stem}_color.png'), color)
-                write_png(osp.join(args.out_dir, f'{stem}_overlay.png'), overlay)
+    failed: List[str] = []
+    warned: List[str] = []
+    segmented = frames = 0
+    with Progress() as progress:
+        task = progress.add_task('images', total=len(images))
+        for path in images:
+            try:
+                image, damage = read_image(path)
+            except InputError as error:
+                report('error', str(error))
+                failed.append(str(error))
                 progress.advance(task)
-            frames = sum(process_video(segment, path, args.out_dir, progress)
-                         for kind, path in inputs if kind == 'video')
-    except InputError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
-    print(f'[infer] {len(images)} images and {frames} video frames segmented; outputs in {args.out_dir}')
-    return 0
+                continue
+            if damage is not None:
+                report('warning', f'{damage}; segmenting what could be decoded')
+                warned.append(damage)
+            stem = osp.splitext(osp.basename(path))[0]
+            labels, color, overlay = segment(image)
+            write_png(osp.join(args.out_dir, f'{stem}_labels.png'), labels)
+            write_png(osp.join(args.out_dir, f'{stem}_color.png'), color)
+            write_png(osp.join(args.out_dir, f'{stem}_overlay.png'), overlay)
+            segmented += 1
+            progress.advance(task)
+        for path in (path for kind, path in inputs if kind == 'video'):
+            count, problem = process_video(segment, path, args.out_dir, progress)
+            frames += count
+            if problem is not None:
+                report('error', problem)
+                failed.append(problem)
+    print(f'[infer] {segmented} images and {frames} video frames segmented; outputs in {args.out_dir}')
+    print_summary(len(inputs), failed, warned)
+    return 1 if failed else 0
 
 
 if __name__ == '__main__':
