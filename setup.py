@@ -29,6 +29,8 @@ setup(
     ],
     extras_require={
         'tests': ['pytest', 'transformers', 'safetensors'],
+        # export (torch's exporter needs onnx and onnxscript) and the two runtimes of the exported file
+        'deploy': ['onnx>=1.15', 'onnxscript>=0.1', 'onnxruntime>=1.17', 'openvino>=2024.0'],
     },
     license='Apache-2.0',
 )

@@ -14,7 +14,7 @@ from mmseg_ext.benchmarking import (ALLOCATORS, Timing, VariantContext, allocato
                                     build_variant, count_flops, current_allocator, inference_runner, parse_variant,
                                     peak_memory_mb, randomize_batch_norms, time_alternating, to_mmseg_config,
                                     train_step_runner)
-from utils import REPO, run_tool
+from utils import REPO, load_tool, run_tool
 
 ERFNET_CONFIG = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
 B0_CONFIG = REPO / 'configs' / 'segformer' / 'segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py'
@@ -368,3 +368,37 @@ def test_strip_options():
     from benchmark import strip_options
     argv = ['cfg.py', '--allocator', 'both', '--json=x.json', '--repeats', '2']
     assert strip_options(argv, ('--allocator', '--json')) == ['cfg.py', '--repeats', '2']
+
+
+# ---------------------------------------------------------------------------------------------- exported runtimes
+
+
+@pytest.mark.parametrize('crop', [(64, 64), (1024, 1024), (64, 200)])
+def test_exported_graph_input_slides_the_configured_windows(crop):
+    """The static graph of the exported variants is the window the test mode feeds it, ``min(crop, image)``
+    per side, and a crop cut to it slides exactly mmseg's windows."""
+    from mmseg_ext.deploy import slide_windows
+    from mmseg_ext.deploy.bench import graph_input
+    stride = (48, 48)
+    for shape in [(48, 160), (64, 64), (96, 40), (512, 1024)]:
+        window, cut = graph_input(dict(mode='slide', crop_size=crop, stride=stride), shape)
+        configured = list(slide_windows(*shape, crop, stride))
+        assert list(slide_windows(*shape, cut['crop_size'], cut['stride'])) == configured
+        assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in configured} == {window}
+    assert graph_input(dict(mode='whole'), (50, 70)) == ((50, 70), dict(mode='whole'))
+
+
+@pytest.mark.parametrize('config, options, variants', [
+    (B0_CONFIG, ['--shape', 64, 128], ['onnxruntime']),  # slides 1024x1024 windows: one 64x128 window here
+    (ERFNET_CONFIG, ['--shape', 48, 160, '--mode', 'slide', '--crop', 64, 64, '--stride', 48, 48],
+     ['onnxruntime', 'openvino']),  # windows of 48x64, the image lower than the crop
+], ids=['segformer-b0-config-slide', 'erfnet-slide-48x160'])
+def test_exported_variants_run_at_a_shape_other_than_the_crop(config, options, variants, tmp_path):
+    out = tmp_path / 'bench.json'
+    argv = [config, *options, '--variants', 'mmseg', *variants, '--repeats', 1, '--warmup', 0, '--no-flops',
+            '--allocator', 'default', '--json', out]
+    assert load_tool('benchmark').main([str(arg) for arg in argv]) == 0
+    (condition, ) = json.loads(out.read_text())['conditions']
+    assert condition['mode'] == 'slide'
+    for name in variants:
+        assert condition['results'][name]['max_abs_diff'] < 1e-3, name

@@ -339,13 +339,15 @@ def with_test_cfg(model: torch.nn.Module, test_cfg: dict) -> torch.nn.Module:
     return model
 
 
-def onnx_segmentor(cfg: Config, onnx_file: Path, test_cfg: Optional[dict] = None) -> torch.nn.Module:
+def onnx_segmentor(cfg: Config, onnx_file: Path, test_cfg: Optional[dict] = None, runtime: str = 'onnxruntime',
+                   precision: str = 'float32') -> torch.nn.Module:
+    """The segmentor running ``onnx_file`` with ``runtime`` in place of the config's model (one thread)."""
     from mmseg_ext.deploy import onnx_model_config
     from mmseg_ext.registry import MODELS
     model_cfg = cfg.model.copy()
     if test_cfg is not None:
         model_cfg.test_cfg = test_cfg
-    return MODELS.build(onnx_model_config(model_cfg, str(onnx_file), threads=1))
+    return MODELS.build(onnx_model_config(model_cfg, str(onnx_file), threads=1, runtime=runtime, precision=precision))
 
 
 def logits(model: torch.nn.Module, data: dict) -> torch.Tensor:

@@ -6,7 +6,8 @@ Variants (``--variants``, names joined from steps by ``+``; see ``mmseg_ext.benc
 configured), ``folded`` (BN folded into the convolutions by ``mmseg_ext.fuse_conv_bn``), ``channels-last``,
 ``compiled`` (``torch.compile`` of backbone and heads), ``amp`` (autocast), ``onnxruntime`` and
 ``onnxruntime-int8`` (the network exported to ONNX, folded, run by ONNX Runtime in the config's test mode:
-:mod:`mmseg_ext.deploy.bench`), e.g. ``--variants mmseg configured folded+channels-last onnxruntime``. The first variant is the baseline of the
+:mod:`mmseg_ext.deploy.bench`), ``openvino`` and ``openvino-bf16`` (the same file run by OpenVINO), e.g.
+``--variants mmseg configured folded+channels-last onnxruntime``. The first variant is the baseline of the
 speed-up column (``mmseg`` when present). The older switches still work: ``--fuse-conv-bn``,
 ``--channels-last``, ``--compile`` and ``--amp`` make one variant of the plugin's model,
 ``--compare-mmseg`` adds ``mmseg``.
@@ -51,7 +52,7 @@ from mmseg_ext.benchmarking import (ALLOCATORS, FLOP_CONVENTION, VariantContext,
                                     build_variant, count_flops, current_allocator, inference_runner, max_difference,
                                     parse_variant, peak_memory_mb, randomize_batch_norms, ratio_summary,
                                     time_alternating, train_step_runner)
-import mmseg_ext.deploy.bench  # noqa: F401  (registers the onnxruntime variants)
+import mmseg_ext.deploy.bench  # noqa: F401  (registers the onnxruntime and openvino variants)
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights

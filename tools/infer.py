@@ -35,7 +35,7 @@ from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
-from mmseg_ext.deploy import DeployError, is_onnx_file, onnx_inferencer
+from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, onnx_inferencer
 from mmseg_ext.preflight import PreflightError, check_image_file
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help='model config file (or mmseg::... name)')
     parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
     parser.add_argument('inputs', nargs='+', help='image files, folders of images, or video files')
+    parser.add_argument('--runtime', choices=RUNTIMES,
+                        help='the runtime of an .onnx file (default: onnxruntime); not for a PyTorch checkpoint')
     parser.add_argument('--out-dir', required=True, help='directory for the outputs')
     parser.add_argument('--device', default='cpu', help="device to run on, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--opacity', type=float, default=0.5, help='weight of the colour mask in overlays')
@@ -236,7 +238,9 @@ def main(argv=None) -> int:
         print(f'error: checkpoint not found: {args.checkpoint}', file=sys.stderr)
         return 2
     try:
-        inferencer = (onnx_inferencer(args.config, args.checkpoint, args.device) if is_onnx_file(args.checkpoint)
+        check_runtime_choice(args.checkpoint, args.runtime)
+        inferencer = (onnx_inferencer(args.config, args.checkpoint, args.device, args.runtime or 'onnxruntime')
+                      if is_onnx_file(args.checkpoint)
                       else CheckedInferencer(args.config, args.checkpoint, args.device, args.allow_partial_weights))
     except (DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)

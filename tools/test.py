@@ -11,6 +11,7 @@ Examples::
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
     python tools/test.py CONFIG MODEL.onnx      # a file from tools/export_onnx.py, run by onnxruntime
+    python tools/test.py CONFIG MODEL.onnx --runtime openvino
     bash tools/dist_test.sh CONFIG CHECKPOINT 2
 """
 import argparse
@@ -32,7 +33,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.deploy import DeployError, is_onnx_file, use_onnx_model
+from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, use_onnx_model
 from mmseg_ext.compat import start_cpu_process_group
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
+    parser.add_argument('--runtime', choices=RUNTIMES,
+                        help='the runtime of an .onnx file (default: onnxruntime); not for a PyTorch checkpoint')
     parser.add_argument('--work-dir', help='directory for logs and the evaluation results (json)')
     parser.add_argument('--out', help='directory to save the predicted label maps for offline evaluation')
     parser.add_argument('--show', action='store_true', help='show prediction results in a window')
@@ -144,9 +147,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     onnx = is_onnx_file(args.checkpoint)
     try:
+        check_runtime_choice(args.checkpoint, args.runtime)
         cfg = build_config(args)
         if onnx:
-            use_onnx_model(cfg, args.checkpoint)
+            use_onnx_model(cfg, args.checkpoint, runtime=args.runtime or 'onnxruntime')
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
         # unreadable checkpoints stop here, before the runner is built

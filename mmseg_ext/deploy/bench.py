@@ -1,5 +1,9 @@
-"""The exported model in onnxruntime as variants of ``tools/benchmark.py``: ``onnxruntime`` (float32)
-and ``onnxruntime-int8`` (static int8, calibrated on the config's train split).
+"""The exported model as variants of ``tools/benchmark.py``: ``onnxruntime`` (float32), ``onnxruntime-int8``
+(static int8, calibrated on the config's train split), and the same float32 file in OpenVINO,
+``openvino`` (float32) and ``openvino-bf16`` (bf16 inference precision, refused on a CPU without bf16).
+
+Each exports a static graph of exactly the input it is timed on: the benchmark's ``--shape`` in whole
+mode, the sliding window in slide mode (:func:`graph_input`).
 
 The benchmark hands every path the same normalised images; the graph normalises itself, so the path
 here feeds it the raw images those come from (computed once per input, outside the timing) and runs the
@@ -18,28 +22,46 @@ from mmseg_ext.benchmarking import Subject, VariantContext, register_variant_ste
 from mmseg_ext.folding import fuse_conv_bn
 
 from .export import export_segmentor
-from .runtime import OnnxSegmentorSession
+from .runtime import require_openvino_bf16
 
-__all__ = ['OnnxRuntimeVariant']
+__all__ = ['OnnxRuntimeVariant', 'graph_input']
+
+
+def graph_input(test_cfg: dict, shape: Tuple[int, int]) -> Tuple[Tuple[int, int], dict]:
+    """The static input size that the test mode feeds the graph on images of ``shape``, and the test
+    config that slides windows of exactly that size over them.
+
+    mmseg's windows are ``min(crop, image)`` along each side: an image smaller than the crop is one window
+    of its own size along that side. A crop cut to the image there gives the same single window, so the
+    returned test config computes what the configured one does.
+    """
+    test_cfg = dict(test_cfg)
+    if test_cfg.get('mode', 'whole') != 'slide':
+        return tuple(shape), test_cfg
+    window = tuple(min(crop, side) for crop, side in zip(test_cfg['crop_size'], shape))
+    test_cfg['crop_size'] = window
+    return window, test_cfg
 
 
 class OnnxRuntimeVariant:
-    """``model`` exported (conv-BN folded, static input of the benchmark's size or slide crop) and opened
-    with :func:`~mmseg_ext.deploy.session_options` at ``threads`` threads.
+    """``model`` exported (conv-BN folded, static input of the benchmark's size or its slide windows,
+    :func:`graph_input`) and opened by ``runtime`` at ``threads`` threads.
 
     Args:
+        runtime: ``'onnxruntime'`` (:func:`~mmseg_ext.deploy.session_options`) or ``'openvino'``.
+        precision: ``'float32'``, or ``'bf16'`` (OpenVINO only).
         quantize_cfg: also quantise to int8, calibrating on this config's train split.
     """
 
     def __init__(self, model: nn.Module, cfg: Config, shape: Tuple[int, int], threads: int,
-                 quantize_cfg: Optional[Config] = None, calibration_images: int = 4):
+                 quantize_cfg: Optional[Config] = None, calibration_images: int = 4, runtime: str = 'onnxruntime',
+                 precision: str = 'float32'):
         self._directory = tempfile.TemporaryDirectory(prefix='mmseg_ext_bench_')
         self.path = osp.join(self._directory.name, 'model.onnx')
-        test_cfg = dict(model.test_cfg or dict(mode='whole'))
+        graph_shape, test_cfg = graph_input(model.test_cfg or dict(mode='whole'), shape)
         model = fuse_conv_bn(copy.deepcopy(model).float().eval())
         cfg = copy.deepcopy(cfg)
         cfg.model.test_cfg = test_cfg
-        graph_shape = tuple(test_cfg['crop_size']) if test_cfg.get('mode') == 'slide' else tuple(shape)
         self.preprocessor = model.data_preprocessor
         export_segmentor(model, cfg, self.path, graph_shape, dynamic=False, fused_conv_bn=True)
         if quantize_cfg is not None:
@@ -51,9 +73,10 @@ class OnnxRuntimeVariant:
 
         from .segmentor import RawSegDataPreProcessor
         self.segmentor = MODELS.build(dict(
-            type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=self.path, threads=threads,
-            data_preprocessor=RawSegDataPreProcessor.from_config(cfg.model.data_preprocessor), test_cfg=test_cfg))
-        self.session: OnnxSegmentorSession = self.segmentor.session
+            type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=self.path, threads=threads, runtime=runtime,
+            precision=precision, data_preprocessor=RawSegDataPreProcessor.from_config(cfg.model.data_preprocessor),
+            test_cfg=test_cfg))
+        self.session = self.segmentor.session
         self._raw: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def raw_images(self, normalised: torch.Tensor) -> torch.Tensor:
@@ -75,15 +98,21 @@ class OnnxRuntimeVariant:
         return self.segmentor.inference(images, metas)
 
 
-def _runtime_step(quantize: bool):
+def _runtime_step(quantize: bool, runtime: str = 'onnxruntime', precision: str = 'float32'):
     def step(subject: Optional[Subject], context: VariantContext) -> Subject:
         if context.cfg is None or context.input_shape is None:
-            raise ValueError('the onnxruntime variants need the config and the input size in the VariantContext')
+            raise ValueError(f'the {runtime} variants need the config and the input size in the VariantContext')
+        if runtime == 'openvino' and precision == 'bf16':
+            require_openvino_bf16()  # before the export, which takes a while
         variant = OnnxRuntimeVariant(context.plugin, context.cfg, context.input_shape, torch.get_num_threads(),
-                                     quantize_cfg=context.cfg if quantize else None)
+                                     quantize_cfg=context.cfg if quantize else None, runtime=runtime,
+                                     precision=precision)
         return Subject(None, variant, trainable=False)
     return step
 
 
 register_variant_step('onnxruntime', _runtime_step(quantize=False), base=True)
 register_variant_step('onnxruntime-int8', _runtime_step(quantize=True), base=True)
+register_variant_step('openvino', _runtime_step(quantize=False, runtime='openvino'), base=True)
+register_variant_step('openvino-bf16', _runtime_step(quantize=False, runtime='openvino', precision='bf16'),
+                      base=True)

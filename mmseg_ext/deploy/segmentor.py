@@ -1,5 +1,5 @@
-"""An mmseg segmentor that runs an exported ONNX file, so mmengine's runner, mmseg's evaluators, the
-visualiser and ``MMSegInferencer`` use it as they use the PyTorch model.
+"""An mmseg segmentor that runs an exported ONNX file (with ONNX Runtime or OpenVINO), so mmengine's runner,
+mmseg's evaluators, the visualiser and ``MMSegInferencer`` use it as they use the PyTorch model.
 
 ``predict`` reproduces :class:`mmseg.models.EncoderDecoder`: the same ``whole`` and ``slide`` inference
 (window grid, summing and counting of overlapping logits) around the graph, which replaces
@@ -17,7 +17,7 @@ from torch import Tensor
 from mmseg_ext.registry import MODELS
 
 from .metadata import DeployError
-from .runtime import OnnxSegmentorSession
+from .runtime import open_session
 
 __all__ = ['ONNXRuntimeSegmentor', 'RawSegDataPreProcessor', 'slide_windows', 'onnx_model_config', 'use_onnx_model',
            'onnx_inferencer']
@@ -81,19 +81,23 @@ class RawSegDataPreProcessor(SegDataPreProcessor):
 
 @MODELS.register_module()
 class ONNXRuntimeSegmentor(BaseSegmentor):
-    """Runs a file written by ``tools/export_onnx.py`` with onnxruntime; predicts like ``EncoderDecoder``.
+    """Runs a file written by ``tools/export_onnx.py`` with ONNX Runtime (default) or OpenVINO; predicts
+    like ``EncoderDecoder``.
 
     Args:
         onnx_file: the exported graph (its metadata gives classes, palette and the exported test mode).
         data_preprocessor: normally :class:`RawSegDataPreProcessor` (the graph normalises).
         test_cfg: ``mode`` (``'whole'`` or ``'slide'``), ``crop_size`` and ``stride``; default: the file's.
-        threads: onnxruntime intra-op threads (default: onnxruntime's).
+        threads: the runtime's inference threads (default: the runtime's).
+        runtime: ``'onnxruntime'`` or ``'openvino'`` (:func:`~mmseg_ext.deploy.runtime.open_session`).
+        precision: ``'float32'``, or ``'bf16'`` (OpenVINO on a CPU with bf16 arithmetic).
     """
 
     def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None, test_cfg: Optional[dict] = None,
-                 threads: Optional[int] = None, init_cfg: Optional[dict] = None):
+                 threads: Optional[int] = None, runtime: str = 'onnxruntime', precision: str = 'float32',
+                 init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.session = OnnxSegmentorSession(onnx_file, threads=threads)
+        self.session = open_session(onnx_file, runtime, threads=threads, precision=precision)
         meta = self.session.meta
         if meta.output != 'logits':
             raise DeployError(f'{onnx_file} outputs {meta.output}; mmseg\'s evaluation resizes logits to each image\'s '
@@ -151,17 +155,20 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
         return preds / count
 
 
-def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = None) -> ConfigDict:
-    """The ONNX Runtime segmentor for ``onnx_file`` in place of ``model_cfg``, checked against it.
+def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = None, runtime: str = 'onnxruntime',
+                      precision: str = 'float32') -> ConfigDict:
+    """The segmentor running ``onnx_file`` with ``runtime`` in place of ``model_cfg``, checked against it.
 
     The config's test mode, crop and stride are used (so ``--cfg-options model.test_cfg...`` works), with
-    the file's number of classes and normalisation checked against the config's.
+    the file's number of classes and normalisation checked against the config's. The file is opened once
+    here, so that a runtime which cannot load it, or cannot run ``precision`` on this CPU, stops before the
+    runner starts.
 
     Raises:
-        DeployError: for a missing or unreadable file, or one whose classes, normalisation or static input
-            size do not match the config (both values named).
+        DeployError: for a missing or unreadable file, one whose classes, normalisation or static input
+            size do not match the config (both values named), or a runtime or precision that cannot run it.
     """
-    meta = OnnxSegmentorSession(onnx_file, threads=threads).meta
+    meta = open_session(onnx_file, runtime, threads=threads, precision=precision).meta
     heads = model_cfg.get('decode_head')
     last_head = heads[-1] if isinstance(heads, (list, tuple)) else heads
     config_classes = (last_head or {}).get('num_classes')
@@ -183,18 +190,21 @@ def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = 
         crop = tuple(test_cfg['crop_size'])
         raise DeployError(f'{onnx_file} takes {meta.shape[0]}x{meta.shape[1]} inputs but the config slides '
                           f'{crop[0]}x{crop[1]} windows: export with --shape {crop[0]} {crop[1]} or --dynamic-shape')
-    return ConfigDict(type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=onnx_file, threads=threads,
-                      data_preprocessor=RawSegDataPreProcessor.from_config(preprocessor), test_cfg=test_cfg)
+    return ConfigDict(type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=onnx_file, threads=threads, runtime=runtime,
+                      precision=precision, data_preprocessor=RawSegDataPreProcessor.from_config(preprocessor),
+                      test_cfg=test_cfg)
 
 
-def use_onnx_model(cfg: Config, onnx_file: str, threads: Optional[int] = None) -> None:
-    """Make ``cfg`` test ``onnx_file`` instead of a checkpoint (also inside a TTA wrapper); in place."""
+def use_onnx_model(cfg: Config, onnx_file: str, threads: Optional[int] = None, runtime: str = 'onnxruntime',
+                   precision: str = 'float32') -> None:
+    """Make ``cfg`` test ``onnx_file`` with ``runtime`` instead of a checkpoint (also inside a TTA wrapper);
+    in place."""
     if cfg.get('launcher', 'none') != 'none':
-        raise DeployError(f'an ONNX model is evaluated in one process (onnxruntime has its own threads), '
+        raise DeployError(f'an ONNX model is evaluated in one process (the runtime has its own threads), '
                           f'not with --launcher {cfg.launcher}')
     wrapped = 'module' in cfg.model
     model_cfg = cfg.model.module if wrapped else cfg.model
-    replacement = onnx_model_config(model_cfg, onnx_file, threads)
+    replacement = onnx_model_config(model_cfg, onnx_file, threads, runtime, precision)
     if wrapped:
         cfg.model.module = replacement
     else:
@@ -202,8 +212,9 @@ def use_onnx_model(cfg: Config, onnx_file: str, threads: Optional[int] = None) -
     cfg.load_from = None
 
 
-def onnx_inferencer(config: str, onnx_file: str, device: str = 'cpu'):
-    """mmseg's ``MMSegInferencer`` running ``onnx_file`` (classes and palette from the file)."""
+def onnx_inferencer(config: str, onnx_file: str, device: str = 'cpu', runtime: str = 'onnxruntime',
+                    precision: str = 'float32'):
+    """mmseg's ``MMSegInferencer`` running ``onnx_file`` with ``runtime`` (classes and palette from the file)."""
     from mmseg.apis import MMSegInferencer
 
     from mmseg_ext.launch import load_run_config
@@ -214,7 +225,7 @@ def onnx_inferencer(config: str, onnx_file: str, device: str = 'cpu'):
             """The ONNX file holds the weights, and the model took its class names from it."""
 
     if device != 'cpu':
-        raise DeployError(f'the ONNX Runtime segmentor runs on the CPU; got --device {device}')
+        raise DeployError(f'an exported ONNX model runs on the CPU here; got --device {device}')
     cfg = load_run_config(config)
-    use_onnx_model(cfg, onnx_file)
+    use_onnx_model(cfg, onnx_file, runtime=runtime, precision=precision)
     return OnnxSegInferencer(model=cfg, weights=None, device=device)
