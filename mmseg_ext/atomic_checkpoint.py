@@ -185,6 +185,8 @@ def _save_best_then_prune(self: CheckpointHook, runner, metrics: dict) -> None:
     """Stand-in for ``CheckpointHook._save_best_checkpoint``: mmengine's method, with every file removal it
     asks its file backend for carried out only once it has returned (so after the new best checkpoint is
     complete); when it raises, nothing is removed."""
+    if not self.save_best:  # mmengine's method does nothing then
+        return
     backend = self.file_backend
     held_back = []
     # Instance attributes shadow the backend's methods while mmengine's method runs.
@@ -194,7 +196,9 @@ def _save_best_then_prune(self: CheckpointHook, runner, metrics: dict) -> None:
         _mmengine_save_best_checkpoint(self, runner, metrics)
     finally:
         del backend.remove, backend.rmtree
-    current = {self.best_ckpt_path, *getattr(self, 'best_ckpt_path_dict', {}).values(), self.last_ckpt}
+    # one key indicator sets best_ckpt_path, several set best_ckpt_path_dict
+    current = {getattr(self, 'best_ckpt_path', None), *getattr(self, 'best_ckpt_path_dict', {}).values(),
+               self.last_ckpt}
     for remove, path in held_back:
         if path not in current:  # a file saved again under the same name is the new one
             remove(backend, path)

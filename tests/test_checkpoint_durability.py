@@ -123,6 +123,9 @@ def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_saved
 
     runner = SimpleNamespace(work_dir=str(tmp_path), message_hub=hub, epoch=0, iter=2, save_checkpoint=save_checkpoint,
                              logger=MMLogger.get_current_instance())
+    without_best = CheckpointHook(interval=1, by_epoch=False)
+    without_best.before_train(runner)
+    without_best._save_best_checkpoint(runner, {'mIoU': 0.7})  # called after every validation
     hook = CheckpointHook(interval=1, by_epoch=False, save_best='mIoU', rule='greater')
     hook.before_train(runner)
     stop_writing(monkeypatch, 'best_mIoU_iter_2.pth', SimulatedKill())
