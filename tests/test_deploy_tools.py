@@ -60,6 +60,18 @@ def test_test_and_infer_tools_give_the_checkpoint_miou_and_masks(exported, train
         blended = (cv2.imread(str(path)).astype(np.float32) * 0.5 + color * 0.5).round()
         assert np.abs(overlay - blended).max() <= 1
 
+    # the same file in OpenVINO, through the same segmentor: the same label maps and masks
+    run_tool(['test.py', config, onnx_file, '--runtime', 'openvino', '--work-dir', tmp_path / 'openvino', '--out',
+              tmp_path / 'openvino_preds'], cwd=tmp_path)
+    for stem, labels in expected.items():
+        ours = cv2.imread(str(tmp_path / 'openvino_preds' / f'{stem}.png'), cv2.IMREAD_UNCHANGED)
+        assert (ours != labels).mean() < 0.001
+    run_tool(['infer.py', config, onnx_file, images[0], '--runtime', 'openvino', '--out-dir',
+              tmp_path / 'openvino_infer'], cwd=tmp_path)
+    labels = cv2.imread(str(tmp_path / 'openvino_infer' / f'{images[0].stem}_labels.png'), cv2.IMREAD_UNCHANGED)
+    assert (labels != cv2.imread(str(tmp_path / 'infer' / f'{images[0].stem}_labels.png'),
+                                 cv2.IMREAD_UNCHANGED)).mean() < 0.001
+
 
 def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
     config, work_dir, _ = trained_run
