@@ -2,7 +2,7 @@
 import json
 import sys
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from mmseg_ext.benchmarking import (ALLOCATORS, Timing, VariantContext, allocato
                                     build_variant, count_flops, current_allocator, inference_runner, parse_variant,
                                     peak_memory_mb, randomize_batch_norms, time_alternating, to_mmseg_config,
                                     train_step_runner)
+from mmseg_ext.roofline import PRECISIONS, RoofShapes, annotate_rows, measure_roof, variant_precision
 from utils import REPO, load_tool, run_tool
 
 ERFNET_CONFIG = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
@@ -275,8 +276,10 @@ def test_allocator_environments():
 def test_cli_variants_side_by_side_and_the_tables(tmp_path):
     out = tmp_path / 'bench.json'
     proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 64, 128, '--repeats', 2, '--warmup', 1,
-                     '--variants', 'mmseg', 'configured', 'folded+channels-last', '--json', out], cwd=tmp_path)
+                     '--variants', 'mmseg', 'configured', 'folded+channels-last', '--no-roof', '--json', out],
+                    cwd=tmp_path)
     assert '| folded+channels-last |' in proc.stdout and '| mmseg |' in proc.stdout
+    assert 'roof: not measured (--no-roof)' in proc.stdout
     assert 'round 3/3 (timed)' in proc.stderr  # a progress line per round
     result = json.loads(out.read_text())
     (condition, ) = result['conditions']
@@ -291,12 +294,14 @@ def test_cli_variants_side_by_side_and_the_tables(tmp_path):
     assert flops['mmseg']['by_operator']['conv'] == flops['configured']['by_operator']['conv']
     assert ours['max_abs_diff'] < 1e-3 and theirs['max_abs_diff'] == 0
     assert ours['speedup'] == pytest.approx(theirs['median_s'] / ours['median_s'])
+    assert result['roof'] is None and ours['roof_fraction'] is None and ours['precision'] == 'float32'
+    assert ours['achieved_gmacs'] == pytest.approx(ours['gflops'] / ours['median_s'])
 
     table = run_tool(['benchmark_table.py', out, '--out', tmp_path / 'all.md', '--family-dir', tmp_path / 'bench'],
                      cwd=tmp_path).stdout
     expected = f"| erfnet_fcn_4xb4-160k_cityscapes-512x1024 | inference | 64x128 whole | default | " \
                f"folded+channels-last | {ours['gflops']:.1f} | {1000 * ours['median_s']:.0f} | 2 | " \
-               f"**{ours['speedup']:.2f}x** |"
+               f"**{ours['speedup']:.2f}x** | {ours['achieved_gmacs']:.1f} | - |"
     assert expected in table and 'multiply-adds counted once' in table
     assert (tmp_path / 'all.md').read_text() == table
     assert expected in (tmp_path / 'bench' / 'erfnet.md').read_text()
@@ -305,7 +310,7 @@ def test_cli_variants_side_by_side_and_the_tables(tmp_path):
 def test_cli_legacy_switches_name_one_variant(tmp_path):
     out = tmp_path / 'legacy.json'
     run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 0, '--no-flops',
-              '--fuse-conv-bn', '--channels-last', '--compare-mmseg', '--json', out], cwd=tmp_path)
+              '--no-roof', '--fuse-conv-bn', '--channels-last', '--compare-mmseg', '--json', out], cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result['variants'] == ['mmseg', 'folded+channels-last']
     assert result['conditions'][0]['results']['mmseg']['gflops'] is None
@@ -314,13 +319,15 @@ def test_cli_legacy_switches_name_one_variant(tmp_path):
 def test_cli_train_step_under_both_allocators(tmp_path):
     out = tmp_path / 'train.json'
     proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 64, '--repeats', 1,
-                     '--warmup', 1, '--variants', 'mmseg', 'channels-last', '--json', out],
+                     '--warmup', 1, '--variants', 'mmseg', 'channels-last', '--no-roof', '--json', out],
                     cwd=tmp_path, env_extra={'MALLOC_TOP_PAD_': '12345'})
     result = json.loads(out.read_text())
     assert [c['allocator'] for c in result['conditions']] == ['default', 'tuned']  # each in a fresh process
     for condition in result['conditions']:
         assert set(condition['results']) == {'mmseg', 'channels-last'}
         assert all(row['peak_memory_mb'] > 0 and row['max_abs_diff'] is None for row in condition['results'].values())
+        # Only the forward's multiply-adds are counted, so a training step has no rate.
+        assert all(row['achieved_gmacs'] is None for row in condition['results'].values())
     assert 'allocator: default' in proc.stdout and 'allocator: tuned' in proc.stdout
     flops = [condition['results']['mmseg']['gflops'] for condition in result['conditions']]
     assert flops[0] == flops[1] > 0  # counted once, in the first process
@@ -329,10 +336,10 @@ def test_cli_train_step_under_both_allocators(tmp_path):
 def test_cli_slide_mode_counts_windows(tmp_path):
     out = tmp_path / 'slide.json'
     run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 96, 160, '--mode', 'slide', '--crop', 64, 64, '--stride',
-              48, 48, '--repeats', 1, '--warmup', 0, '--json', out], cwd=tmp_path)
+              48, 48, '--repeats', 1, '--warmup', 0, '--no-roof', '--json', out], cwd=tmp_path)
     whole = tmp_path / 'whole.json'
-    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 64, 64, '--repeats', 1, '--warmup', 0, '--json', whole],
-             cwd=tmp_path)
+    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 64, 64, '--repeats', 1, '--warmup', 0, '--no-roof', '--json',
+              whole], cwd=tmp_path)
     slide_flops = json.loads(out.read_text())['conditions'][0]['results']['configured']['gflops']
     window_flops = json.loads(whole.read_text())['conditions'][0]['results']['configured']['gflops']
     assert slide_flops == pytest.approx(2 * 3 * window_flops)  # 2 rows x 3 columns of 64x64 windows
@@ -342,7 +349,7 @@ def test_cli_slide_mode_counts_windows(tmp_path):
 def test_cli_compiled_variant(tmp_path):
     out = tmp_path / 'compiled.json'
     run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 1, '--no-flops',
-              '--variants', 'mmseg', 'compiled', '--json', out], cwd=tmp_path, timeout=600)
+              '--no-roof', '--variants', 'mmseg', 'compiled', '--json', out], cwd=tmp_path, timeout=600)
     rows = json.loads(out.read_text())['conditions'][0]['results']
     assert rows['compiled']['max_abs_diff'] < 1e-4
     assert rows['compiled']['warmup_seconds'][0] > rows['compiled']['median_s']  # the compilation
@@ -396,9 +403,114 @@ def test_exported_graph_input_slides_the_configured_windows(crop):
 def test_exported_variants_run_at_a_shape_other_than_the_crop(config, options, variants, tmp_path):
     out = tmp_path / 'bench.json'
     argv = [config, *options, '--variants', 'mmseg', *variants, '--repeats', 1, '--warmup', 0, '--no-flops',
-            '--allocator', 'default', '--json', out]
+            '--no-roof', '--allocator', 'default', '--json', out]
     assert load_tool('benchmark').main([str(arg) for arg in argv]) == 0
     (condition, ) = json.loads(out.read_text())['conditions']
     assert condition['mode'] == 'slide'
     for name in variants:
         assert condition['results'][name]['max_abs_diff'] < 1e-3, name
+
+
+# ---------------------------------------------------------------------------------------------- the roof
+
+TINY_ROOF = RoofShapes(matmul=64, channels=8, height=8, width=16)
+
+
+def test_roof_measures_both_kernels_of_every_precision():
+    threads = torch.get_num_threads()
+    roof = measure_roof(TINY_ROOF, calls=2, threads=2)
+    assert torch.get_num_threads() == threads  # the process's setting is left as it was
+    assert roof['threads'] == 2 and roof['calls'] == 2 and roof['shapes'] == dict(matmul=64, channels=8, height=8,
+                                                                                   width=16)
+    for precision in PRECISIONS:
+        entry = roof[precision]
+        assert entry['matmul'] > 0 and entry['conv'] > 0, precision
+        assert entry['roof'] == max(entry['matmul'], entry['conv'])
+        assert set(entry['kernels']) == {'matmul', 'conv'}
+    assert TINY_ROOF.macs('matmul') == 64**3 and TINY_ROOF.macs('conv') == 8 * 8 * 9 * 8 * 16
+    with pytest.raises(ValueError, match=r"positive integers, got \{'height': 0\}"):
+        RoofShapes(height=0)
+    with pytest.raises(ValueError, match='calls=0'):
+        measure_roof(TINY_ROOF, calls=0)
+
+
+def test_variant_precisions():
+    assert [variant_precision(name) for name in ('mmseg', 'folded+channels-last+compiled', 'onnxruntime', 'openvino',
+                                                 'folded+channels-last+amp', 'folded+bf16', 'openvino-bf16',
+                                                 'onnxruntime-int8')] == ['float32'] * 4 + ['bf16'] * 3 + ['int8']
+
+
+def fake_roof(float32: float, bf16: float, int8: float) -> dict:
+    """A roof as :func:`measure_roof` writes it, the convolution at half the product's rate."""
+    roof = dict(unit='GMAC/s', threads=2, calls=3, operations=dict(matmul='64x64 @ 64x64', conv='3x3 conv'))
+    for precision, rate in zip(PRECISIONS, (float32, bf16, int8)):
+        roof[precision] = dict(matmul=rate, conv=rate / 2, roof=rate, kernels=dict(matmul='mm', conv='conv2d'))
+    return roof
+
+
+def test_rows_get_their_rate_and_their_precisions_share():
+    roof = fake_roof(10.0, 40.0, 80.0)
+    condition = dict(results={'mmseg': dict(gflops=4.0, median_s=0.5), 'amp': dict(gflops=4.0, median_s=0.25),
+                              'onnxruntime-int8': dict(gflops=4.0, median_s=0.1),
+                              'compiled': dict(gflops=None, median_s=0.2)})
+    annotate_rows(condition, roof, 'inference')
+    rates = {name: (row['precision'], row['achieved_gmacs'], row['roof_fraction'])
+             for name, row in condition['results'].items()}
+    assert rates == {'mmseg': ('float32', 8.0, pytest.approx(0.8)), 'amp': ('bf16', 16.0, pytest.approx(0.4)),
+                     'onnxruntime-int8': ('int8', 40.0, pytest.approx(0.5)), 'compiled': ('float32', None, None)}
+    annotate_rows(condition, None, 'inference')  # no roof: the rate alone
+    assert (condition['results']['mmseg']['achieved_gmacs'], condition['results']['mmseg']['roof_fraction']) == (8.0,
+                                                                                                                 None)
+    annotate_rows(condition, roof, 'train-step')  # only the forward's multiply-adds are counted: no rate
+    assert all(row['achieved_gmacs'] is None is row['roof_fraction'] for row in condition['results'].values())
+
+
+def fake_result(variants: dict, roof: Optional[dict], flops: Optional[dict]) -> dict:
+    """A tools/benchmark.py result of one whole-image ERFNet run at 64x128: variant -> (GFLOPs, median s)."""
+    results = {}
+    for name, (gflops, median_s) in variants.items():
+        row = dict(gflops=gflops, median_s=median_s, seconds=[median_s] * 3, warmup_seconds=[1.0], speedup=1.0,
+                   peak_memory_mb=10.0, memory_ratio=1.0, max_abs_diff=0.0)
+        results[name] = row
+    condition = dict(allocator='default', baseline=next(iter(variants)), mode='whole', threads=2, flops=flops,
+                     results=results)
+    annotate_rows(condition, roof, 'inference')
+    return dict(config='configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py', task='inference',
+                shape=[64, 128], batch=1, device='cpu', torch='2.13.0', variants=list(variants),
+                flop_convention='multiply-adds', roof=roof, conditions=[condition])
+
+
+def test_table_shows_rates_shares_and_every_runs_roof():
+    tables = load_tool('benchmark_table')
+    counted = fake_result({'mmseg': (4.0, 0.5), 'folded+bf16': (3.0, 0.25)}, fake_roof(10.0, 40.0, 80.0),
+                          dict(mmseg=dict(gflops=4.0), configured=dict(gflops=3.0)))
+    # A run timed with --no-flops takes the count of the same config, input and batch from the other run.
+    uncounted = fake_result({'mmseg': (None, 0.5), 'compiled': (None, 0.2)}, fake_roof(20.0, 40.0, 80.0), None)
+    text = tables.table([counted, uncounted])
+    assert '| speed-up | GMAC/s | % of roof |' in text
+    assert '| mmseg | 4.0 | 500 | 3 | 1.00x (baseline) | 8.0 | 80.0% float32 |' in text
+    assert '| folded+bf16 | 3.0 | 250 | 3 | **1.00x** | 12.0 | 30.0% bf16 |' in text
+    assert '| mmseg | 4.0* | 500 | 3 | 1.00x (baseline) | 8.0* | 40.0% float32 |' in text
+    assert '| compiled | 3.0* | 200 | 3 | **1.00x** | 15.0* | 75.0% float32 |' in text
+    assert '| erfnet_fcn_4xb4-160k_cityscapes-512x1024 | inference | 64x128 | mmseg, folded+bf16 | 2 | ' \
+           '10 | 5 | 40 | 20 | 80 | 40 |' in text
+    no_roof = tables.table([fake_result({'mmseg': (4.0, 0.5)}, None, dict(mmseg=dict(gflops=4.0)))])
+    assert '| 1.00x (baseline) | 8.0 | - |' in no_roof and 'No run measured the roof' in no_roof
+
+
+def test_cli_measures_the_roof_and_every_rows_share_of_it(tmp_path, monkeypatch):
+    tool = load_tool('benchmark')
+    monkeypatch.setattr(tool, 'measure_roof', lambda: measure_roof(TINY_ROOF, calls=1))
+    out = tmp_path / 'bench.json'
+    argv = [ERFNET_CONFIG, '--shape', 32, 64, '--variants', 'configured', 'amp', '--repeats', 1, '--warmup', 0,
+            '--allocator', 'default', '--json', out]
+    assert tool.main([str(arg) for arg in argv]) == 0
+    result = json.loads(out.read_text())
+    roof = result['roof']
+    assert roof['threads'] == torch.get_num_threads() and roof['shapes']['matmul'] == TINY_ROOF.matmul
+    rows = result['conditions'][0]['results']
+    for name, precision in (('configured', 'float32'), ('amp', 'bf16')):
+        row = rows[name]
+        assert row['precision'] == precision
+        assert row['achieved_gmacs'] == pytest.approx(row['gflops'] / row['median_s'])
+        assert row['roof_fraction'] == pytest.approx(row['achieved_gmacs'] / roof[precision]['roof'])

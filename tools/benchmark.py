@@ -24,6 +24,12 @@ settings at start-up). ``train-step`` runs ``both`` unless told otherwise.
 FLOPs are counted on one forward by the papers' convention: one multiply-add is one FLOP, attention
 products included (``mmseg_ext.benchmarking.count_flops``).
 
+The roof (``mmseg_ext.roofline``): on the CPU the run also measures the machine's dense rate per precision
+(float32, bf16, int8; the better of a matrix product and a 3x3 convolution, with the run's threads), and
+every inference row reports its achieved GMAC/s (its multiply-adds per call over its median time) and its
+share of its precision's roof (JSON ``achieved_gmacs`` and ``roof_fraction``; the roof itself under
+``roof``). ``--no-roof`` skips it.
+
 Examples::
 
     python tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py \\
@@ -55,6 +61,8 @@ from mmseg_ext.benchmarking import (ALLOCATORS, FLOP_CONVENTION, VariantContext,
 import mmseg_ext.deploy.bench  # noqa: F401  (registers the onnxruntime and openvino variants)
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
+from mmseg_ext.roofline import annotate_rows, measure_roof
+from mmseg_ext.roofline import summary as roof_summary
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights
 
 TASKS = ('inference', 'train-step')
@@ -88,6 +96,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--no-flops', action='store_true', help='skip counting FLOPs (it traces the model)')
+    parser.add_argument('--no-roof', action='store_true',
+                        help="skip measuring the CPU's dense rate per precision (mmseg_ext.roofline)")
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     args = parser.parse_args(argv)
     for name in ('batch', 'repeats'):
@@ -163,6 +173,16 @@ def network_gflops(context: VariantContext, variants: List[str], args: argparse.
     return counts
 
 
+def machine_roof(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
+    """The CPU's dense rate per precision with the run's threads (:func:`mmseg_ext.roofline.measure_roof`);
+    None with ``--no-roof`` or on another device."""
+    if args.no_roof or device.type != 'cpu':
+        return None
+    print(f'[benchmark] roof: dense rate per precision, {torch.get_num_threads()} threads', file=sys.stderr,
+          flush=True)
+    return measure_roof()
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Build the variants, time them alternating and measure their memory, in this process."""
     if args.threads:
@@ -212,6 +232,7 @@ def measure(args: argparse.Namespace) -> dict:
             print(f'[benchmark] {args.task}, {allocator} allocator: round {done}/{rounds} ({stage})',
                   file=sys.stderr, flush=True)
 
+    roof = machine_roof(args, device)  # right before the variants, under the same conditions
     timings = time_alternating(runs, args.repeats, args.warmup, on_step=progress)
     memory = {name: peak_memory_mb(run, device) for name, run in runs.items()}
     baseline = args.variants[0]
@@ -232,7 +253,7 @@ def measure(args: argparse.Namespace) -> dict:
             peak_memory_mb=memory[name], speedup=speedups[name],
             memory_ratio=memory[name] / max(memory[baseline], 1e-9), max_abs_diff=differences.get(name))
     return dict(allocator=allocator, baseline=baseline, results=results, flops=flops, mode=mode,
-                threads=torch.get_num_threads())
+                threads=torch.get_num_threads(), roof=roof)
 
 
 def _median(values: List[float]) -> float:
@@ -251,7 +272,8 @@ def run_in_child(argv: List[str], allocator: str) -> dict:
         command = [sys.executable, os.path.abspath(__file__), *argv, '--allocator', allocator, '--json', out]
         subprocess.run(command, env=allocator_environment(allocator), check=True)
         with open(out) as file:
-            return json.load(file)['conditions'][0]
+            result = json.load(file)
+        return dict(result['conditions'][0], roof=result.get('roof'))
 
 
 def strip_options(argv: List[str], options: Tuple[str, ...]) -> List[str]:
@@ -268,14 +290,16 @@ def strip_options(argv: List[str], options: Tuple[str, ...]) -> List[str]:
 
 
 def markdown_table(condition: dict) -> str:
-    lines = ['| variant | params (M) | GFLOPs | median (ms) | p90 (ms) | images/s | speed-up | peak memory (MB) | '
-             'max abs diff |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    lines = ['| variant | params (M) | GFLOPs | median (ms) | p90 (ms) | images/s | speed-up | GMAC/s | % of roof | '
+             'peak memory (MB) | max abs diff |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for name, row in condition['results'].items():
         flops = f"{row['gflops']:.1f}" if row['gflops'] is not None else '-'
         diff = f"{row['max_abs_diff']:.1e}" if row['max_abs_diff'] is not None else '-'
+        rate = f"{row['achieved_gmacs']:.1f}" if row.get('achieved_gmacs') is not None else '-'
+        share = f"{100 * row['roof_fraction']:.1f}% {row['precision']}" if row.get('roof_fraction') is not None else '-'
         lines.append(f"| {name} | {row['params_m']:.2f} | {flops} | {1000 * row['median_s']:.1f} | "
-                     f"{1000 * row['p90_s']:.1f} | {row['images_per_s']:.2f} | {row['speedup']:.2f}x | "
-                     f"{row['peak_memory_mb']:.0f} | {diff} |")
+                     f"{1000 * row['p90_s']:.1f} | {row['images_per_s']:.2f} | {row['speedup']:.2f}x | {rate} | "
+                     f"{share} | {row['peak_memory_mb']:.0f} | {diff} |")
     return '\n'.join(lines)
 
 
@@ -293,8 +317,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             results = [measure(args)]
         else:
             child_argv = strip_options(argv, ('--allocator', '--json'))
-            # FLOPs do not depend on the allocator: counted in the first process only.
-            results = [run_in_child(child_argv + (['--no-flops'] if index else []), name)
+            # FLOPs and the roof do not depend on the allocator: measured in the first process only.
+            results = [run_in_child(child_argv + (['--no-flops', '--no-roof'] if index else []), name)
                        for index, name in enumerate(conditions)]
             for later in results[1:]:
                 later['flops'] = results[0]['flops']
@@ -305,6 +329,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except subprocess.CalledProcessError as error:
         return error.returncode or 1
+    roof = results[0].pop('roof')
+    for condition in results:
+        condition.pop('roof', None)
+        annotate_rows(condition, roof, args.task)
     header = (f'{args.config} | {args.task} | {results[0]["mode"]} {args.shape[0]}x{args.shape[1]}, batch '
               f'{args.batch} | {args.device}, {results[0]["threads"]} threads | torch {torch.__version__} | '
               f'{platform.processor() or platform.machine()}')
@@ -314,12 +342,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(markdown_table(condition))
     if results[0]['flops']:
         print(f'\nGFLOPs: {FLOP_CONVENTION}.')
+    if roof:
+        print(f"\nroof, GMAC/s with {roof['threads']} threads, best of {roof['calls']} calls (mmseg_ext.roofline):")
+        print('\n'.join(roof_summary(roof)))
+    else:
+        print('\nroof: not measured (' + ('--no-roof' if args.no_roof else f'it is measured on the CPU only, not '
+                                          f'{args.device}') + ')')
     if args.json:
         with open(args.json, 'w') as file:
             json.dump(dict(config=args.config, checkpoint=args.checkpoint, task=args.task, shape=list(args.shape),
                            batch=args.batch, device=args.device, torch=torch.__version__, repeats=args.repeats,
                            warmup=args.warmup, variants=args.variants, flop_convention=FLOP_CONVENTION,
-                           conditions=results), file, indent=2)
+                           roof=roof, conditions=results), file, indent=2)
     return 0
 
 
