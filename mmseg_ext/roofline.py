@@ -139,28 +139,35 @@ KERNELS: Dict[Tuple[str, str], Tuple[str, KernelBuilder]] = {
 }
 
 
-def _best_seconds(run: Callable[[], object], calls: int) -> float:
-    """The fastest of ``calls`` timed calls after one untimed call (packing, first-touch paging)."""
+def _best_seconds(run: Callable[[], object], calls: int, min_seconds: float) -> float:
+    """The fastest of at least ``calls`` timed calls, more until ``min_seconds`` have passed, after one
+    untimed call (packing, first-touch paging). The short kernels get more tries, so one that a busy
+    machine delays does not decide their rate."""
     run()
-    best = float('inf')
-    for _ in range(calls):
+    best, count, began = float('inf'), 0, time.perf_counter()
+    while count < calls or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - start)
+        count += 1
     return best
 
 
-def measure_roof(shapes: RoofShapes = RoofShapes(), calls: int = 10, threads: Optional[int] = None) -> dict:
-    """The dense rate of every precision with ``threads`` torch threads (default: torch's current setting).
+def measure_roof(shapes: RoofShapes = RoofShapes(), calls: int = 10, min_seconds: float = 0.25,
+                 threads: Optional[int] = None) -> dict:
+    """The dense rate of every precision with ``threads`` torch threads (default: torch's current setting),
+    each kernel the best of at least ``calls`` calls and of as many as fit in ``min_seconds``.
 
     Returns a JSON-ready dict: per precision its ``matmul`` and ``conv`` rates in GMAC/s, the better of them
     as ``roof``, and the kernels run (``kernels``); the sizes, calls and threads they were measured with.
 
     Raises:
-        ValueError: for fewer than one call or thread.
+        ValueError: for fewer than one call or thread, or a negative ``min_seconds``.
     """
     if calls < 1:
         raise ValueError(f'the roof needs at least one timed call per kernel, got calls={calls}')
+    if min_seconds < 0:
+        raise ValueError(f'min_seconds must not be negative, got {min_seconds}')
     threads = torch.get_num_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f'threads must be at least 1, got {threads}')
@@ -168,13 +175,13 @@ def measure_roof(shapes: RoofShapes = RoofShapes(), calls: int = 10, threads: Op
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        roof: dict = dict(unit='GMAC/s', threads=threads, calls=calls, shapes=asdict(shapes),
-                          operations=shapes.describe())
+        roof: dict = dict(unit='GMAC/s', threads=threads, calls=calls, min_seconds=min_seconds,
+                          shapes=asdict(shapes), operations=shapes.describe())
         for precision in PRECISIONS:
             entry: dict = dict(kernels={})
             for operation in OPERATIONS:
                 name, build = KERNELS[precision, operation]
-                seconds = _best_seconds(build(shapes), calls)
+                seconds = _best_seconds(build(shapes), calls, min_seconds)
                 entry[operation] = shapes.macs(operation) / seconds / 1e9
                 entry['kernels'][operation] = name
             entry['roof'] = max(entry[operation] for operation in OPERATIONS)

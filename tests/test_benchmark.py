@@ -418,7 +418,7 @@ TINY_ROOF = RoofShapes(matmul=64, channels=8, height=8, width=16)
 
 def test_roof_measures_both_kernels_of_every_precision():
     threads = torch.get_num_threads()
-    roof = measure_roof(TINY_ROOF, calls=2, threads=2)
+    roof = measure_roof(TINY_ROOF, calls=2, min_seconds=0, threads=2)
     assert torch.get_num_threads() == threads  # the process's setting is left as it was
     assert roof['threads'] == 2 and roof['calls'] == 2 and roof['shapes'] == dict(matmul=64, channels=8, height=8,
                                                                                    width=16)
@@ -500,7 +500,7 @@ def test_table_shows_rates_shares_and_every_runs_roof():
 
 def test_cli_measures_the_roof_and_every_rows_share_of_it(tmp_path, monkeypatch):
     tool = load_tool('benchmark')
-    monkeypatch.setattr(tool, 'measure_roof', lambda: measure_roof(TINY_ROOF, calls=1))
+    monkeypatch.setattr(tool, 'measure_roof', lambda: measure_roof(TINY_ROOF, calls=1, min_seconds=0))
     out = tmp_path / 'bench.json'
     argv = [ERFNET_CONFIG, '--shape', 32, 64, '--variants', 'configured', 'amp', '--repeats', 1, '--warmup', 0,
             '--allocator', 'default', '--json', out]

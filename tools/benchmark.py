@@ -343,7 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if results[0]['flops']:
         print(f'\nGFLOPs: {FLOP_CONVENTION}.')
     if roof:
-        print(f"\nroof, GMAC/s with {roof['threads']} threads, best of {roof['calls']} calls (mmseg_ext.roofline):")
+        print(f"\nroof, GMAC/s with {roof['threads']} threads, each kernel the best of at least {roof['calls']} calls "
+              f"and {roof['min_seconds']} s (mmseg_ext.roofline):")
         print('\n'.join(roof_summary(roof)))
     else:
         print('\nroof: not measured (' + ('--no-roof' if args.no_roof else f'it is measured on the CPU only, not '

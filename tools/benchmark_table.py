@@ -125,7 +125,8 @@ def roof_notes(results: List[dict]) -> List[str]:
         return ['No run measured the roof (`--no-roof`).', '']
     first = measured[0]['roof']
     head = ' | '.join(f'{precision} {operation}' for precision in PRECISIONS for operation in OPERATIONS)
-    lines = [f"Roof of each run, GMAC/s (best of {first['calls']} calls each; matmul: "
+    lines = [f"Roof of each run, GMAC/s (each kernel the best of at least {first['calls']} calls and "
+             f"{first.get('min_seconds', 0)} s; matmul: "
              f"{first['operations']['matmul']}, conv: {first['operations']['conv']}):", '',
              f'| config | task | input | variants | threads | {head} |',
              '|---|---|---|---|---:|' + '---:|' * (len(PRECISIONS) * len(OPERATIONS))]
