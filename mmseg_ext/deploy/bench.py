@@ -22,7 +22,7 @@ from mmseg_ext.benchmarking import Subject, VariantContext, register_variant_ste
 from mmseg_ext.folding import fuse_conv_bn
 
 from .export import export_segmentor
-from .runtime import require_openvino_bf16
+from .runtime import _import_openvino, require_openvino_bf16
 
 __all__ = ['OnnxRuntimeVariant', 'graph_input']
 
@@ -102,8 +102,10 @@ def _runtime_step(quantize: bool, runtime: str = 'onnxruntime', precision: str =
     def step(subject: Optional[Subject], context: VariantContext) -> Subject:
         if context.cfg is None or context.input_shape is None:
             raise ValueError(f'the {runtime} variants need the config and the input size in the VariantContext')
-        if runtime == 'openvino' and precision == 'bf16':
-            require_openvino_bf16()  # before the export, which takes a while
+        if runtime == 'openvino':  # refused before the export, which takes a while
+            _import_openvino()
+            if precision == 'bf16':
+                require_openvino_bf16()
         variant = OnnxRuntimeVariant(context.plugin, context.cfg, context.input_shape, torch.get_num_threads(),
                                      quantize_cfg=context.cfg if quantize else None, runtime=runtime,
                                      precision=precision)
