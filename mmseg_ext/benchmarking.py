@@ -344,13 +344,14 @@ def _amp_step(subject: Subject, context: VariantContext) -> Subject:
 
 
 def _bf16_step(subject: Subject, context: VariantContext) -> Subject:
-    """The bf16 inference path: weights stored in bf16 (:func:`mmseg_ext.precision.cast_weights_to_bf16`)
-    under bf16 autocast; refused on a device without native bf16. Inference only (``amp`` trains)."""
-    from mmseg_ext.precision import bf16_autocast, cast_weights_to_bf16, check_precision
+    """The bf16 inference path: weights stored in bf16 (:func:`mmseg_ext.precision.cast_weights_to_bf16`),
+    bf16 channels-last input, bf16 autocast; refused on a device without native bf16. Inference only (``amp``
+    trains)."""
+    from mmseg_ext.precision import bf16_autocast, cast_weights_to_bf16, check_precision, to_bf16_input
     check_precision('bf16', context.device.type)
     module = cast_weights_to_bf16(_module_of(subject, 'bf16'))
-    return Subject(module, _forward_of(module), subject.memory_format, trainable=False,
-                   autocast=lambda: bf16_autocast(context.device.type))
+    return Subject(module, lambda images: module._forward(to_bf16_input(images)), torch.channels_last,
+                   trainable=False, autocast=lambda: bf16_autocast(context.device.type))
 
 
 VariantStep = Callable[[Optional[Subject], VariantContext], Subject]

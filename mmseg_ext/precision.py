@@ -11,7 +11,7 @@ One home for what ``--precision`` (``tools/test.py``, ``tools/infer.py``), ``--a
 * :func:`cast_weights_to_bf16` stores convolution and linear weights in bf16 once, so a call does not cast
   them again; norms keep float32 parameters (their statistics need them).
 * :func:`enable_bf16_inference` turns a segmentor into its bf16 test path: batch norms folded, channels-last,
-  bf16 weights, the network under autocast and its logits handed back in float32, so mmseg's resize,
+  bf16 weights and input, the network under autocast and its logits handed back in float32, so mmseg's resize,
   slide-window averaging and argmax run as they do in float32.
 """
 import contextlib
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ['PRECISIONS', 'PrecisionError', 'missing_bf16_instructions', 'check_precision', 'bf16_autocast',
-           'cast_weights_to_bf16', 'to_channels_last', 'enable_bf16_inference']
+           'cast_weights_to_bf16', 'to_channels_last', 'to_bf16_input', 'enable_bf16_inference']
 
 #: Precisions the tools accept for PyTorch models.
 PRECISIONS: Tuple[str, ...] = ('float32', 'bf16')
@@ -98,11 +98,18 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def to_bf16_input(images: torch.Tensor) -> torch.Tensor:
+    """Normalised images ``[N, 3, H, W]`` as the bf16 path takes them: bf16, channels-last. Cast once here, a
+    float32 image would make the first layers that also see it directly (ERFNet's downsampler concatenates a
+    convolution with a max-pool of its input) promote to float32 and cast back."""
+    return images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+
 def _bf16_network(encode_decode: Callable, device_type: str) -> Callable:
     @functools.wraps(encode_decode)
     def run(inputs: torch.Tensor, batch_img_metas):
         with bf16_autocast(device_type):
-            logits = encode_decode(inputs.contiguous(memory_format=torch.channels_last), batch_img_metas)
+            logits = encode_decode(to_bf16_input(inputs), batch_img_metas)
         return logits.float()
 
     return run

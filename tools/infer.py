@@ -21,6 +21,8 @@ Example::
 
     python tools/infer.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_1000.pth \\
         data/demo_cityscapes/leftImg8bit/val --out-dir predictions
+    python tools/infer.py CONFIG CHECKPOINT INPUT... --out-dir DIR --precision bf16
+    python tools/infer.py CONFIG MODEL.onnx INPUT... --out-dir DIR --runtime openvino --precision bf16
 """
 import argparse
 import os
@@ -30,12 +32,14 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, ImageFile
 from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
 from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, onnx_inferencer
+from mmseg_ext.precision import PRECISIONS, PrecisionError, check_precision, enable_bf16_inference
 from mmseg_ext.preflight import PreflightError, check_image_file
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
@@ -54,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('inputs', nargs='+', help='image files, folders of images, or video files')
     parser.add_argument('--runtime', choices=RUNTIMES,
                         help='the runtime of an .onnx file (default: onnxruntime); not for a PyTorch checkpoint')
+    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                        help='numeric precision: for a checkpoint, bf16 folds BN, stores the weights in bfloat16 and '
+                        'runs under bf16 autocast; for an .onnx file, bf16 needs --runtime openvino (both need '
+                        'AVX512_BF16 or AMX on CPU)')
     parser.add_argument('--out-dir', required=True, help='directory for the outputs')
     parser.add_argument('--device', default='cpu', help="device to run on, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--opacity', type=float, default=0.5, help='weight of the colour mask in overlays')
@@ -239,12 +247,17 @@ def main(argv=None) -> int:
         return 2
     try:
         check_runtime_choice(args.checkpoint, args.runtime)
-        inferencer = (onnx_inferencer(args.config, args.checkpoint, args.device, args.runtime or 'onnxruntime')
+        if not is_onnx_file(args.checkpoint):  # a runtime checks its own precision when it opens the file
+            check_precision(args.precision, args.device)
+        inferencer = (onnx_inferencer(args.config, args.checkpoint, args.device, args.runtime or 'onnxruntime',
+                                      args.precision)
                       if is_onnx_file(args.checkpoint)
                       else CheckedInferencer(args.config, args.checkpoint, args.device, args.allow_partial_weights))
-    except (DeployError, *CHECKPOINT_ERRORS) as error:
+    except (DeployError, PrecisionError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    if args.precision == 'bf16' and not is_onnx_file(args.checkpoint):
+        enable_bf16_inference(inferencer.model, torch.device(args.device).type)
     os.makedirs(args.out_dir, exist_ok=True)
     segment = Segmenter(inferencer, args.opacity)
     images = [path for kind, path in inputs if kind == 'image']

@@ -1,15 +1,17 @@
 """Test (and evaluate) a segmentor checkpoint with mmengine's runner and mmseg's evaluators.
 
 Flags and flow follow mmseg 1.x's ``tools/test.py``, plus ``--fuse-conv-bn`` (fold BN into convs
-before testing, :func:`mmseg_ext.fuse_conv_bn`) and checks of the data root and checkpoint before the
-runner starts: a file that is not a checkpoint, is damaged or unsafe, or whose weights do not fit the
-config's model stops the run with one line (:mod:`mmseg_ext.weights_check`) instead of evaluating a
-partly random model; ``--allow-partial-weights`` evaluates with the tensors that fit.
+before testing, :func:`mmseg_ext.fuse_conv_bn`), ``--precision bf16`` (:mod:`mmseg_ext.precision`) and
+checks of the data root and checkpoint before the runner starts: a file that is not a checkpoint, is
+damaged or unsafe, or whose weights do not fit the config's model stops the run with one line
+(:mod:`mmseg_ext.weights_check`) instead of evaluating a partly random model; ``--allow-partial-weights``
+evaluates with the tensors that fit.
 
 Examples::
 
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
+    python tools/test.py CONFIG CHECKPOINT --precision bf16
     python tools/test.py CONFIG MODEL.onnx      # a file from tools/export_onnx.py, run by onnxruntime
     python tools/test.py CONFIG MODEL.onnx --runtime openvino
     bash tools/dist_test.sh CONFIG CHECKPOINT 2
@@ -18,17 +20,22 @@ import argparse
 import numbers
 import os
 import os.path as osp
+import statistics
 import sys
+import time
+from typing import List, Optional
 
 # Before torch starts its OpenMP runtime: waiting threads sleep instead of spinning, so this job and another
 # process on the same cores do not stall each other (an explicit setting in the environment wins).
 if 'OMP_WAIT_POLICY' not in os.environ and 'GOMP_SPINCOUNT' not in os.environ:
     os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
 
+import torch
 from mmengine.config import Config, DictAction
+from mmengine.device import get_device
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -36,6 +43,7 @@ import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, use_onnx_model
 from mmseg_ext.compat import start_cpu_process_group
 from mmseg_ext.launch import load_run_config
+from mmseg_ext.precision import PRECISIONS, PrecisionError, check_precision, enable_bf16_inference
 from mmseg_ext.preflight import PreflightError, check_datasets
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
 
@@ -57,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'through mmseg\'s CityscapesMetric with format_only; no scores')
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold BatchNorm into the preceding convolutions before testing (faster, same maths)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                        help='numeric precision: for a checkpoint, bf16 folds BN, stores the weights in bfloat16 and '
+                        'runs under bf16 autocast; for an .onnx file, bf16 needs --runtime openvino (both need '
+                        'AVX512_BF16 or AMX on CPU)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, e.g. test_dataloader.dataset.data_root=data/cityscapes')
@@ -74,6 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def tested_segmentor(model: torch.nn.Module) -> torch.nn.Module:
+    """The segmentor inside the runner's model: unwrapped from a distributed wrapper and from the TTA model."""
+    model = model.module if is_model_wrapper(model) else model
+    return model.module if isinstance(model, BaseTTAModel) else model
+
+
 class FuseConvBNHook(Hook):
     """Folds BN into convolutions once the checkpoint is loaded, right before testing starts."""
 
@@ -81,8 +99,29 @@ class FuseConvBNHook(Hook):
 
     def before_test(self, runner) -> None:
         from mmseg_ext.folding import fuse_conv_bn
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        fuse_conv_bn(model)
+        fuse_conv_bn(tested_segmentor(runner.model))
+
+
+class InferenceTimerHook(Hook):
+    """Times every test iteration: preprocessing, the network and postprocessing of one batch, without the
+    data loading before it or the visualisation after it (the highest priority runs first on both sides)."""
+
+    priority = 'HIGHEST'
+
+    def __init__(self) -> None:
+        self.seconds_per_image: List[float] = []
+        self._start = 0.0
+
+    def before_test_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._start = time.perf_counter()
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        elapsed = time.perf_counter() - self._start
+        images = max(len(outputs or ()), 1)
+        self.seconds_per_image.extend([elapsed / images] * images)
+
+    def median_ms(self) -> Optional[float]:
+        return statistics.median(self.seconds_per_image) * 1000 if self.seconds_per_image else None
 
 
 def overlay_root(cfg: Config, args: argparse.Namespace) -> str:
@@ -90,12 +129,15 @@ def overlay_root(cfg: Config, args: argparse.Namespace) -> str:
     return args.show_dir if osp.isabs(args.show_dir) else osp.join(cfg.work_dir, args.show_dir)
 
 
-def print_summary(metrics: dict, cfg: Config, args: argparse.Namespace) -> None:
+def print_summary(metrics: dict, cfg: Config, args: argparse.Namespace, timer: InferenceTimerHook) -> None:
     """The headline numbers and where the outputs went, after mmseg's per-class table in the log."""
     if get_rank() != 0:
         return
     headline = '  '.join(f'{key}: {value:.2f}' for key, value in metrics.items() if isinstance(value, numbers.Real))
     print(f'[test] {headline}')
+    if timer.median_ms() is not None:
+        print(f'[test] time per image: {timer.median_ms():.1f} ms (median of {len(timer.seconds_per_image)}; '
+              f'preprocessing, network and postprocessing, without data loading)')
     if args.show_dir:
         print(f"[test] prediction overlays: {osp.join(overlay_root(cfg, args), 'vis_data', 'vis_image')}")
     if args.out:
@@ -148,14 +190,16 @@ def main(argv=None) -> int:
     onnx = is_onnx_file(args.checkpoint)
     try:
         check_runtime_choice(args.checkpoint, args.runtime)
+        if not onnx:  # an exported file's runtime checks its own precision when it opens the file
+            check_precision(args.precision, get_device())
         cfg = build_config(args)
         if onnx:
-            use_onnx_model(cfg, args.checkpoint, runtime=args.runtime or 'onnxruntime')
+            use_onnx_model(cfg, args.checkpoint, runtime=args.runtime or 'onnxruntime', precision=args.precision)
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
         # unreadable checkpoints stop here, before the runner is built
         checkpoint = None if onnx else _load_checkpoint(args.checkpoint, map_location='cpu')
-    except (PreflightError, DeployError, *CHECKPOINT_ERRORS) as error:
+    except (PreflightError, PrecisionError, DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     start_cpu_process_group(cfg)
@@ -168,10 +212,14 @@ def main(argv=None) -> int:
             return 2
         del checkpoint
         log_weights_summary(summary)
-    if args.fuse_conv_bn:
+    if args.precision == 'bf16' and not onnx:
+        enable_bf16_inference(tested_segmentor(runner.model), get_device())
+    elif args.fuse_conv_bn:  # bf16 inference folds BN itself
         runner.register_hook(FuseConvBNHook())
+    timer = InferenceTimerHook()
+    runner.register_hook(timer)
     metrics = runner.test()
-    print_summary(metrics, cfg, args)
+    print_summary(metrics, cfg, args, timer)
     return 0
 
 

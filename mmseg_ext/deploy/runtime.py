@@ -17,13 +17,13 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from mmseg_ext.precision import PRECISIONS
 from .metadata import INPUT_NAME, DeployError, DeployMetadata, check_onnx_path, read_metadata
 
 __all__ = ['session_options', 'OnnxSegmentorSession', 'OpenVinoSegmentorSession', 'open_session', 'RUNTIMES',
            'PRECISIONS', 'openvino_capabilities', 'require_openvino_bf16']
 
 RUNTIMES = ('onnxruntime', 'openvino')
-PRECISIONS = ('float32', 'bf16')
 # OpenVINO's names for the precisions above (its INFERENCE_PRECISION_HINT values).
 _OPENVINO_PRECISION = {'float32': 'f32', 'bf16': 'bf16'}
 
