@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils import batch, export, family_model, logits, onnx_segmentor, run_tool
+from utils import REPO, batch, export, family_model, logits, onnx_segmentor, run_tool
 from mmseg_ext.deploy import DeployError, OnnxSegmentorSession
 from mmseg_ext.weights_check import WeightsMismatchError
 from mmseg_ext.deploy.export import DeployableSegmentor, export_onnx, load_weights_strict
@@ -103,3 +103,18 @@ def test_onnx_model_is_not_run_distributed(erfnet):
     cfg.launcher = 'pytorch'
     with pytest.raises(DeployError, match='evaluated in one process .* not with --launcher pytorch'):
         use_onnx_model(cfg, str(path))
+
+
+def test_int8_export_without_calibration_data_says_where_to_point_it(tmp_path, capsys):
+    """Refused in one line, before the export, naming the missing folder and the option that sets it."""
+    from utils import load_tool
+    config = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
+    absent = tmp_path / 'absent'
+    code = load_tool('export_onnx').main([str(config), str(tmp_path / 'no.pth'), '--out', str(tmp_path / 'x.onnx'),
+                                          '--quantize', 'int8', '--cfg-options',
+                                          f'train_dataloader.dataset.data_root={absent}'])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert str(absent / 'leftImg8bit' / 'train') in error
+    assert '--cfg-options train_dataloader.dataset.data_root=DIR' in error
+    assert not (tmp_path / 'x_fp32.onnx').exists()

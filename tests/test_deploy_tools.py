@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import REPO, run_tool
+from utils import REPO, export, family_model, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,8 @@ def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
     graph = onnx.load(str(out)).graph
     assert any(node.op_type == 'QuantizeLinear' for node in graph.node)
     from mmseg_ext.deploy import OnnxSegmentorSession
-    assert OnnxSegmentorSession(str(out)).meta.quantized.startswith('int8 (per-channel weights, 2 calibration')
+    assert OnnxSegmentorSession(str(out)).meta.quantized.startswith(
+        "int8 (QDQ, uint8 activations, per-channel int8 weights, 2 calibration inputs from the config's train split")
     evaluated = run_tool(['test.py', config, out, '--work-dir', tmp_path / 'int8'], cwd=tmp_path)
     assert 0.0 <= _miou(evaluated.stdout) <= 100.0
 
@@ -100,3 +101,84 @@ def test_benchmark_times_the_onnxruntime_variants_beside_mmseg(tmp_path):
     assert set(rows) == {'mmseg', 'onnxruntime'}
     assert rows['onnxruntime']['median_s'] > 0
     assert rows['onnxruntime']['max_abs_diff'] < 1e-3
+
+
+def _float_and_int8(name: str, tmp_path, tiny_data, shape=(64, 128)):
+    """A family's small static export, its int8 version calibrated on the tiny data, and random raw images."""
+    from mmseg_ext.deploy.quantize import quantize_int8
+    cfg, model = family_model(name, cfg_options={'train_dataloader.dataset.data_root': str(tiny_data)})
+    float_path = export(model, cfg, tmp_path / f'{name}.onnx', shape, dynamic=False)
+    int8_path = tmp_path / f'{name}_int8.onnx'
+    quantize_int8(str(float_path), str(int8_path), cfg, calibration_images=2)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 3, *shape)).astype(np.float32)
+    return float_path, int8_path, images
+
+
+def _agreement(float_path, int8_path, images) -> float:
+    from mmseg_ext.deploy import OnnxSegmentorSession
+    float_labels = OnnxSegmentorSession(str(float_path), threads=1).run_numpy(images).argmax(1)
+    int8_labels = OnnxSegmentorSession(str(int8_path), threads=1).run_numpy(images).argmax(1)
+    return float((float_labels == int8_labels).mean())
+
+
+def test_int8_erfnet_runs_its_convolutions_and_residual_sums_in_int8(tmp_path, tiny_data):
+    """Every convolution (the upsamplers' ConvTranspose too, as phase convolutions) is a QLinearConv in
+    onnxruntime's optimised graph and the residual sums are QLinearAdd; labels mostly agree with float."""
+    import onnx
+    from mmseg_ext.deploy.quantize import int8_node_counts
+    float_path, int8_path, images = _float_and_int8('erfnet-fcn', tmp_path, tiny_data)
+    convolutions = sum(node.op_type in ('Conv', 'ConvTranspose') for node in onnx.load(str(float_path)).graph.node)
+    counts = int8_node_counts(str(int8_path))
+    assert counts.get('QLinearConv') == convolutions
+    assert counts.get('QLinearAdd', 0) >= 16  # one per non-bottleneck-1d block
+    assert _agreement(float_path, int8_path, images) > 0.9
+
+
+def test_int8_segformer_runs_its_linear_layers_in_int8_and_attention_in_float(tmp_path, tiny_data):
+    """Linear layers (the head's accumulated fusion included) and convolutions are integer kernels; the
+    attention products and softmax stay float (their integer kernels are slower here)."""
+    import onnx
+    from mmseg_ext.deploy.quantize import int8_node_counts
+    float_path, int8_path, images = _float_and_int8('segformer-b0', tmp_path, tiny_data)
+    counts = int8_node_counts(str(int8_path))
+    assert counts.get('QLinearConv', 0) > 0
+    assert counts.get('QGemm', 0) + counts.get('MatMulIntegerToFloat', 0) >= 20
+    assert 'QLinearSoftmax' not in counts
+    graph = onnx.load(str(int8_path)).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    constants = {initializer.name for initializer in graph.initializer}
+    attention = [node for node in graph.node if node.op_type == 'MatMul' and node.input[1] not in constants
+                 and producers.get(node.input[1]) != 'DequantizeLinear']
+    assert len(attention) == 16  # two products in each of MiT-B0's 8 attention blocks
+    assert all(producers.get(name) != 'DequantizeLinear' for node in attention for name in node.input)
+    assert _agreement(float_path, int8_path, images) > 0.8
+
+
+def test_graph_preparation_keeps_the_logits(tmp_path):
+    """The rewrites before quantisation (phase convolutions for ConvTranspose, split Gemm bias, fused
+    GELU) change no value."""
+    import onnx
+    from mmseg_ext.deploy import OnnxSegmentorSession
+    from mmseg_ext.deploy.quantize import prepare_graph
+    images = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 128)).astype(np.float32)
+    for name, rewrite in (('erfnet-fcn', 'conv_transpose_as_phases'), ('segformer-b0', 'gelu_fused')):
+        cfg, model = family_model(name)
+        float_path = export(model, cfg, tmp_path / f'{name}.onnx', (64, 128), dynamic=False)
+        prepared = tmp_path / f'{name}_prepared.onnx'
+        counts = prepare_graph(str(float_path), str(prepared))
+        assert counts[rewrite] > 0
+        onnx.save(onnx.load(str(prepared)), str(prepared))  # loadable as it is
+        expected = OnnxSegmentorSession(str(float_path), threads=1).run_numpy(images)
+        actual = OnnxSegmentorSession(str(prepared), threads=1).run_numpy(images)
+        assert np.abs(actual - expected).max() <= 1e-4 * (expected.max() - expected.min())
+
+
+def test_benchmark_calibrates_on_demo_scenes_when_the_config_data_is_absent(tmp_path, tiny_data):
+    from mmseg_ext.deploy.quantize import (CONFIG_CALIBRATION, DEMO_CALIBRATION, benchmark_calibration_config,
+                                           check_calibration_data)
+    cfg, _ = family_model('erfnet-fcn', cfg_options={'train_dataloader.dataset.data_root': str(tmp_path / 'absent')})
+    calibration_cfg, source = benchmark_calibration_config(cfg, str(tmp_path), images=2)
+    assert source == DEMO_CALIBRATION == 'demo scenes (config data absent)'
+    check_calibration_data(calibration_cfg)  # the demo scenes are there
+    cfg.train_dataloader.dataset.data_root = str(tiny_data)
+    assert benchmark_calibration_config(cfg, str(tmp_path), images=2) == (cfg, CONFIG_CALIBRATION)

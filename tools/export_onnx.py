@@ -27,7 +27,7 @@ from mmseg_ext.deploy import DeployError
 from mmseg_ext.weights_check import CHECKPOINT_ERRORS
 from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, build_segmentor, compare_with_pytorch,
                                      default_shape, export_segmentor, load_weights_strict)
-from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, quantize_int8
+from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, check_calibration_data, quantize_int8
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
 
@@ -40,16 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's slide crop, else its test resize scale)")
     parser.add_argument('--dynamic-shape', action='store_true', help='leave batch, height and width free')
-    parser.add_argument('--fuse-conv-bn', action='store_true', help='fold BN into convs before export')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold BN into convs before export (for --quantize int8 of the plugin\'s ERFNet: '
+                        'its downsampler BN stays float otherwise)')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset version')
     parser.add_argument('--output', choices=OUTPUTS, default='logits',
                         help='logits (N, C, H, W) or labels (N, 1, H, W; the argmax inside the graph)')
-    parser.add_argument('--quantize', choices=['int8'], help='also quantise (onnxruntime static quantisation, '
-                        'per-channel weights), calibrated on --calibration-images of the train split')
+    parser.add_argument('--quantize', choices=['int8'], help='also quantise (onnxruntime static QDQ quantisation, '
+                        'uint8 activations, per-channel int8 weights), calibrated on --calibration-images of the '
+                        'train split (its root: --cfg-options train_dataloader.dataset.data_root=DIR)')
     parser.add_argument('--calibration-images', type=int, default=16, metavar='N',
                         help='train-split images for int8 calibration')
     parser.add_argument('--int8-ops', nargs='+', metavar='OP', default=list(DEFAULT_OP_TYPES),
-                        help='ONNX operators to quantise with --quantize int8 (default: Conv; see docs/deploy.md)')
+                        help='ONNX operators to quantise with --quantize int8 (default: %(default)s; products of '
+                        'two computed tensors stay float; see docs/deploy.md)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings in the config')
     args = parser.parse_args(argv)
     if args.shape and min(args.shape) < 1:
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_run_config(args.config, cfg_options=args.cfg_options)
+        if args.quantize:  # refused before the export, which takes a while
+            check_calibration_data(cfg)
         model = build_segmentor(cfg)
         checkpoint_meta = load_weights_strict(model, args.checkpoint)
         if args.fuse_conv_bn:

@@ -11,6 +11,7 @@ config's test mode (whole image or sliding window), returning logits at the inpu
 """
 import copy
 import os.path as osp
+import sys
 import tempfile
 from typing import Optional, Tuple
 
@@ -50,7 +51,8 @@ class OnnxRuntimeVariant:
     Args:
         runtime: ``'onnxruntime'`` (:func:`~mmseg_ext.deploy.session_options`) or ``'openvino'``.
         precision: ``'float32'``, or ``'bf16'`` (OpenVINO only).
-        quantize_cfg: also quantise to int8, calibrating on this config's train split.
+        quantize_cfg: also quantise to int8, calibrating on this config's train split, or on demo scenes
+            when its images are absent (``row_fields['calibration']`` says which).
     """
 
     def __init__(self, model: nn.Module, cfg: Config, shape: Tuple[int, int], threads: int,
@@ -64,11 +66,16 @@ class OnnxRuntimeVariant:
         cfg.model.test_cfg = test_cfg
         self.preprocessor = model.data_preprocessor
         export_segmentor(model, cfg, self.path, graph_shape, dynamic=False, fused_conv_bn=True)
+        self.row_fields: dict = {}  # extra fields of this variant's benchmark row
         if quantize_cfg is not None:
-            from .quantize import quantize_int8
+            from .quantize import benchmark_calibration_config, quantize_int8
+            calibration_cfg, source = benchmark_calibration_config(quantize_cfg, self._directory.name,
+                                                                   calibration_images)
+            print(f'[benchmark] int8 calibration on {calibration_images} images of {source}', file=sys.stderr)
             quantized = osp.join(self._directory.name, 'model_int8.onnx')
-            quantize_int8(self.path, quantized, quantize_cfg, calibration_images)
+            quantize_int8(self.path, quantized, calibration_cfg, calibration_images, calibration=source)
             self.path = quantized
+            self.row_fields['calibration'] = source
         from mmseg_ext.registry import MODELS
 
         from .segmentor import RawSegDataPreProcessor
