@@ -26,12 +26,13 @@ BENCH_ARGS ?= --repeats 5 --warmup 1
 BENCH_OUT ?= docs/benchmark_cpu.md
 BENCH_FAMILY_DIR ?= docs/bench
 
-.PHONY: help install demo demo-data test bench clean
+.PHONY: help install demo demo-data test bench accuracy clean
 
 help:
 	@echo "make demo [MODEL=erfnet|segformer-b0|ocrnet-hr18s]  install, make demo data, train, evaluate"
 	@echo "make test                                           install, then run the test suite"
 	@echo "make bench                                          plugin vs mmseg speed tables ($(BENCH_OUT), $(BENCH_FAMILY_DIR)/)"
+	@echo "make accuracy                                       mIoU and speed of every inference path on the demo models ($(ACCURACY_OUT))"
 	@echo "make install                                        only install (.venv or the active venv)"
 
 install: $(STAMP)
@@ -94,6 +95,13 @@ bench: install
 	@echo "[bench 8/8] SegFormer-B0 512x1024 inference, torch.compile: mmseg, configured, compiled"
 	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured compiled --no-flops --repeats 3 --warmup 1 --json "$(BENCH_DIR)/segformer_b0_compiled.json"
 	$(PY) tools/benchmark_table.py $(foreach row,$(BENCH_ROWS),"$(BENCH_DIR)/$(row).json") --out "$(BENCH_OUT)" --family-dir "$(BENCH_FAMILY_DIR)"
+
+# The three demo models (trained once, seeded, or reused from `make demo`'s work dirs) evaluated along every
+# inference path: float32, folded, bf16, ONNX Runtime float32/int8, OpenVINO float32/bf16 (tools/accuracy.py).
+ACCURACY_MODELS ?= erfnet segformer-b0 ocrnet-hr18s
+ACCURACY_OUT ?= docs/accuracy.md
+accuracy: demo-data
+	$(PY) tools/accuracy.py --models $(ACCURACY_MODELS) --data-root "$(DEMO_DATA)" --work-root work_dirs --out "$(ACCURACY_OUT)" --chart docs/speed_vs_miou.svg
 
 clean:
 	rm -rf work_dirs "$(DEMO_DATA)" build *.egg-info
