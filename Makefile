@@ -66,24 +66,28 @@ test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Every family against mmseg's own implementation with the same weights, the variants alternating in one
-# process (tools/benchmark.py), the deployed ONNX Runtime path included; the tables are generated from the
-# JSON results, never copied by hand.
-# Rows run under glibc's default allocator; SegFormer-B0's also under the tuned one (a fresh process each:
-# with the default, paging depends on the process's history), because mmseg's attention matrices make the
-# two conditions differ most there (the convolutional families: `--allocator both` by hand). Compiled
+# process (tools/benchmark.py), each run measuring the machine's roof per precision first; the tables are
+# generated from the JSON results, never copied by hand.
+# Rows 1-3 time every inference path of a family at Cityscapes resolution: mmseg, the plugin's float32 paths,
+# bf16 (the best float32 eager path plus bf16), and the exported file in ONNX Runtime (float32, int8) and
+# OpenVINO (float32, bf16). They run under the tuned allocator (glibc keeps freed memory: no paging in the
+# timings, so the ratios are the computation's); SegFormer-B0's also under glibc's default (a fresh process
+# each), because mmseg's attention matrices make the two conditions differ most there. int8 calibrates on the
+# config's train split, or on the embedded demo scenes where that is absent (the row says which). Compiled
 # rows also time the family's fastest eager path, so the table shows whether compiling pays; compiling
 # OCRNet-HR18 after folding takes minutes, so that path is left out. Rows of the slowest networks take 3
 # timed calls per variant. One command per row, each announced by a progress line.
 BENCH := $(PY) tools/benchmark.py
 BENCH_ROWS := erfnet ocrnet_hr18 segformer_b0 segformer_b2 segformer_b0_train erfnet_compiled ocrnet_hr18_compiled segformer_b0_compiled
+ALL_PATHS := folded+channels-last folded+channels-last+bf16 onnxruntime onnxruntime-int8 openvino openvino-bf16
 bench: install
 	@mkdir -p "$(BENCH_DIR)"
-	@echo "[bench 1/8] ERFNet 512x1024 inference: mmseg, configured, folded+channels-last, onnxruntime"
-	$(BENCH) configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg configured folded+channels-last onnxruntime --allocator default $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
-	@echo "[bench 2/8] OCRNet-HR18 512x1024 inference: mmseg, folded+channels-last, onnxruntime"
-	$(BENCH) configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg folded+channels-last onnxruntime --allocator default $(BENCH_ARGS) --repeats 3 --json "$(BENCH_DIR)/ocrnet_hr18.json"
-	@echo "[bench 3/8] SegFormer-B0 512x1024 inference (both allocators): mmseg, configured, onnxruntime"
-	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured onnxruntime --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
+	@echo "[bench 1/8] ERFNet 512x1024 inference: mmseg, configured and every path"
+	$(BENCH) configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg configured $(ALL_PATHS) --allocator tuned $(BENCH_ARGS) --json "$(BENCH_DIR)/erfnet.json"
+	@echo "[bench 2/8] OCRNet-HR18 512x1024 inference: mmseg and every path"
+	$(BENCH) configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg $(ALL_PATHS) --allocator tuned $(BENCH_ARGS) --repeats 3 --json "$(BENCH_DIR)/ocrnet_hr18.json"
+	@echo "[bench 3/8] SegFormer-B0 512x1024 inference (both allocators): mmseg, configured and every path"
+	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured $(ALL_PATHS) --allocator both $(BENCH_ARGS) --json "$(BENCH_DIR)/segformer_b0.json"
 	@echo "[bench 4/8] SegFormer-B2 1024x1024 inference: mmseg, configured"
 	$(BENCH) configs/segformer/segformer_mit-b2_8xb1-160k_cityscapes-1024x1024.py --shape 1024 1024 --mode whole --variants mmseg configured --allocator default $(BENCH_ARGS) --repeats 3 --json "$(BENCH_DIR)/segformer_b2.json"
 	@echo "[bench 5/8] SegFormer-B0 1024x1024 training step (both allocators): mmseg, configured"

@@ -260,12 +260,14 @@ class Subject:
         memory_format: Layout the images are handed over in.
         trainable: Whether a training step of this path means anything (a folded model has no BN to train).
         autocast: Context manager entered around every call (mixed precision), or None.
+        row_fields: Facts about the path its result row reports (e.g. an int8 file's calibration data).
     """
     module: Optional[nn.Module]
     forward: Callable[[Tensor], Any]
     memory_format: torch.memory_format = torch.contiguous_format
     trainable: bool = True
     autocast: Optional[Callable[[], contextlib.AbstractContextManager]] = None
+    row_fields: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

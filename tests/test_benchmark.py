@@ -514,3 +514,15 @@ def test_cli_measures_the_roof_and_every_rows_share_of_it(tmp_path, monkeypatch)
         assert row['precision'] == precision
         assert row['achieved_gmacs'] == pytest.approx(row['gflops'] / row['median_s'])
         assert row['roof_fraction'] == pytest.approx(row['achieved_gmacs'] / roof[precision]['roof'])
+
+
+def test_tables_say_what_an_int8_row_was_calibrated_on():
+    result = fake_result({'onnxruntime': (3.0, 0.5), 'onnxruntime-int8': (3.0, 0.25)}, None,
+                         dict(configured=dict(gflops=3.0)))
+    result['conditions'][0]['results']['onnxruntime-int8']['calibration'] = 'demo scenes (config data absent)'
+    expected = 'onnxruntime-int8 (calibrated on demo scenes (config data absent))'
+    assert f'| {expected} | 3.0 |' in load_tool('benchmark_table').table([result])
+    condition = result['conditions'][0]
+    for row in condition['results'].values():
+        row.update(params_m=1.0, p90_s=row['median_s'], images_per_s=1 / row['median_s'])
+    assert f'| {expected} |' in load_tool('benchmark').markdown_table(condition)

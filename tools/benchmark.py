@@ -251,7 +251,8 @@ def measure(args: argparse.Namespace) -> dict:
             seconds=timing.seconds, warmup_seconds=timing.warmup_seconds,
             user_s=_median(timing.user_seconds), system_s=_median(timing.system_seconds),
             peak_memory_mb=memory[name], speedup=speedups[name],
-            memory_ratio=memory[name] / max(memory[baseline], 1e-9), max_abs_diff=differences.get(name))
+            memory_ratio=memory[name] / max(memory[baseline], 1e-9), max_abs_diff=differences.get(name),
+            **subject.row_fields)
     return dict(allocator=allocator, baseline=baseline, results=results, flops=flops, mode=mode,
                 threads=torch.get_num_threads(), roof=roof)
 
@@ -293,6 +294,8 @@ def markdown_table(condition: dict) -> str:
     lines = ['| variant | params (M) | GFLOPs | median (ms) | p90 (ms) | images/s | speed-up | GMAC/s | % of roof | '
              'peak memory (MB) | max abs diff |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for name, row in condition['results'].items():
+        if row.get('calibration'):
+            name = f"{name} (calibrated on {row['calibration']})"
         flops = f"{row['gflops']:.1f}" if row['gflops'] is not None else '-'
         diff = f"{row['max_abs_diff']:.1e}" if row['max_abs_diff'] is not None else '-'
         rate = f"{row['achieved_gmacs']:.1f}" if row.get('achieved_gmacs') is not None else '-'

@@ -84,8 +84,9 @@ def rows(result: dict, counts: Optional[FlopCounts] = None) -> List[str]:
             speedup = '1.00x (baseline)' if baseline else f"**{row['speedup']:.2f}x**"
             first_call = f"{row['warmup_seconds'][0]:.1f}" if row.get('warmup_seconds') else '-'
             mode = f" {condition['mode']}" if result['task'] == 'inference' else ''
+            variant = f"{name} (calibrated on {row['calibration']})" if row.get('calibration') else name
             lines.append(f"| {config_name(result)} | {result['task']} | {shape}{mode}{batch} | "
-                         f"{condition['allocator']} | {name} | {flops} | {1000 * row['median_s']:.0f} | "
+                         f"{condition['allocator']} | {variant} | {flops} | {1000 * row['median_s']:.0f} | "
                          f"{len(row['seconds'])} | {speedup} | {rate} | {share} | {row['peak_memory_mb']:.0f} | "
                          f"{row['memory_ratio']:.2f} | {diff} | {first_call} |")
     return lines

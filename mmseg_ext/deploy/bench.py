@@ -116,7 +116,7 @@ def _runtime_step(quantize: bool, runtime: str = 'onnxruntime', precision: str =
         variant = OnnxRuntimeVariant(context.plugin, context.cfg, context.input_shape, torch.get_num_threads(),
                                      quantize_cfg=context.cfg if quantize else None, runtime=runtime,
                                      precision=precision)
-        return Subject(None, variant, trainable=False)
+        return Subject(None, variant, trainable=False, row_fields=variant.row_fields)
     return step
 
 
