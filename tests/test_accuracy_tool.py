@@ -33,9 +33,11 @@ def test_only_a_finished_run_is_reused(tmp_path):
 
 
 def test_table_shows_differences_to_float32_and_failures():
+    paths = {path.name: path for path in accuracy.PATHS}
     rows = [accuracy.PathResult(accuracy.PATHS[0], miou=70.0, ms_per_image=50.0, same_labels=1.0),
-            accuracy.PathResult(accuracy.PATHS[2], miou=69.75, ms_per_image=20.0, same_labels=0.9975),
-            accuracy.PathResult(accuracy.PATHS[4], error='the onnx-int8 export failed (log: x)')]
+            accuracy.PathResult(paths['bf16 (folded, channels-last, bf16 weights)'], miou=69.75, ms_per_image=20.0,
+                                same_labels=0.9975),
+            accuracy.PathResult(paths['ONNX Runtime int8'], error='the onnx-int8 export failed (log: x)')]
     model = accuracy.ModelResult('erfnet', accuracy.REPO + '/work_dirs/demo_erfnet/iter_800.pth', False, rows)
     text = accuracy.markdown([model], seconds=120)
     assert '| bf16 (folded, channels-last, bf16 weights) | 69.75 | -0.25 | 99.750% | 20.0 |' in text

@@ -166,6 +166,10 @@ def test_test_tool_refuses_precisions_that_do_not_fit(trained_run, tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error')]
     assert errors == ["error: ONNX Runtime's CPU provider has no bf16 kernels: run bf16 with the openvino runtime"]
+    proc = run_tool(['test.py', config, onnx_file, '--compile'], cwd=tmp_path, expect_ok=False)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith('error')] == [
+        'error: --compile applies to PyTorch checkpoints; an .onnx file is compiled by its runtime']
 
 
 def _amp_config(optim_wrapper: str) -> Config:

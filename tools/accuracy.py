@@ -5,7 +5,8 @@ already holds a finished run (seeded: the demo configs fix ``randomness.seed``),
 ``tools/export_onnx.py`` (float32, and int8 calibrated on the demo train split), then evaluates it with
 ``tools/test.py`` on the demo val split along every path:
 
-* float32 eager as configured; float32 eager with BN folded (``--fuse-conv-bn``); bf16 (``--precision bf16``);
+* float32 eager as configured; float32 eager with BN folded (``--fuse-conv-bn``); float32 compiled
+  (``--compile``); bf16 (``--precision bf16``);
 * ONNX Runtime float32 and int8; OpenVINO float32 and bf16 (``--runtime openvino``).
 
 It writes a generated Markdown table (mIoU, difference to float32 eager, share of pixels labelled as float32
@@ -47,6 +48,7 @@ class InferencePath:
 PATHS = (
     InferencePath('float32 eager (as configured)', 'checkpoint'),
     InferencePath('float32 eager, BN folded', 'checkpoint', ('--fuse-conv-bn', )),
+    InferencePath('float32 compiled (torch.compile)', 'checkpoint', ('--compile', )),
     InferencePath('bf16 (folded, channels-last, bf16 weights)', 'checkpoint', ('--precision', 'bf16')),
     InferencePath('ONNX Runtime float32', 'onnx'),
     InferencePath('ONNX Runtime int8', 'onnx-int8'),
@@ -231,7 +233,7 @@ def chart(results: List[ModelResult], path: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(8, 5))
-    markers = dict(zip([p.name for p in PATHS], 'osD^v<>'))
+    markers = dict(zip([p.name for p in PATHS], 'osPD^v<>'))
     for model, color in zip(results, plt.rcParams['axes.prop_cycle'].by_key()['color']):
         for row in model.rows:
             if row.error is None:

@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'through mmseg\'s CityscapesMetric with format_only; no scores')
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold BatchNorm into the preceding convolutions before testing (faster, same maths)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the network (backbone, heads and the resize to the input) before '
+                        'testing; compiling takes a while before the first image')
     parser.add_argument('--precision', choices=PRECISIONS, default='float32',
                         help='numeric precision: for a checkpoint, bf16 folds BN, stores the weights in bfloat16 and '
                         'runs under bf16 autocast; for an .onnx file, bf16 needs --runtime openvino (both need '
@@ -192,6 +195,8 @@ def main(argv=None) -> int:
         check_runtime_choice(args.checkpoint, args.runtime)
         if not onnx:  # an exported file's runtime checks its own precision when it opens the file
             check_precision(args.precision, get_device())
+        elif args.compile:
+            raise PreflightError('--compile applies to PyTorch checkpoints; an .onnx file is compiled by its runtime')
         cfg = build_config(args)
         if onnx:
             use_onnx_model(cfg, args.checkpoint, runtime=args.runtime or 'onnxruntime', precision=args.precision)
@@ -216,6 +221,10 @@ def main(argv=None) -> int:
         enable_bf16_inference(tested_segmentor(runner.model), get_device())
     elif args.fuse_conv_bn:  # bf16 inference folds BN itself
         runner.register_hook(FuseConvBNHook())
+    if args.compile:
+        segmentor = tested_segmentor(runner.model)
+        # encode_decode is what whole and slide inference call: the network and the resize of its logits.
+        segmentor.encode_decode = torch.compile(segmentor.encode_decode)
     timer = InferenceTimerHook()
     runner.register_hook(timer)
     metrics = runner.test()
