@@ -103,11 +103,15 @@ def test_benchmark_times_the_onnxruntime_variants_beside_mmseg(tmp_path):
     assert rows['onnxruntime']['max_abs_diff'] < 1e-3
 
 
-def _float_and_int8(name: str, tmp_path, tiny_data, shape=(64, 128)):
-    """A family's small static export, its int8 version calibrated on the tiny data, and random raw images."""
+def _float_and_int8(name: str, tmp_path, tiny_data, shape=(64, 128), fold: bool = False):
+    """A family's small static export (``fold``: conv-BN folded first, as docs/deploy.md says for int8),
+    its int8 version calibrated on the tiny data, and random raw images."""
     from mmseg_ext.deploy.quantize import quantize_int8
+    from mmseg_ext.folding import fuse_conv_bn
     cfg, model = family_model(name, cfg_options={'train_dataloader.dataset.data_root': str(tiny_data)})
-    float_path = export(model, cfg, tmp_path / f'{name}.onnx', shape, dynamic=False)
+    if fold:
+        model = fuse_conv_bn(model.eval())
+    float_path = export(model, cfg, tmp_path / f'{name}.onnx', shape, dynamic=False, fused_conv_bn=fold)
     int8_path = tmp_path / f'{name}_int8.onnx'
     quantize_int8(str(float_path), str(int8_path), cfg, calibration_images=2)
     images = np.random.default_rng(0).uniform(0, 255, (2, 3, *shape)).astype(np.float32)
@@ -123,15 +127,39 @@ def _agreement(float_path, int8_path, images) -> float:
 
 def test_int8_erfnet_runs_its_convolutions_and_residual_sums_in_int8(tmp_path, tiny_data):
     """Every convolution (the upsamplers' ConvTranspose too, as phase convolutions) is a QLinearConv in
-    onnxruntime's optimised graph and the residual sums are QLinearAdd; labels mostly agree with float."""
+    onnxruntime's optimised graph and the residual sums are QLinearAdd, all channels-last with no layout
+    Transpose between them; labels mostly agree with float."""
     import onnx
-    from mmseg_ext.deploy.quantize import int8_node_counts
-    float_path, int8_path, images = _float_and_int8('erfnet-fcn', tmp_path, tiny_data)
-    convolutions = sum(node.op_type in ('Conv', 'ConvTranspose') for node in onnx.load(str(float_path)).graph.node)
-    counts = int8_node_counts(str(int8_path))
-    assert counts.get('QLinearConv') == convolutions
-    assert counts.get('QLinearAdd', 0) >= 16  # one per non-bottleneck-1d block
+    from mmseg_ext.deploy.quantize import INTEGER_NODE_TYPES, optimized_node_counts
+    float_path, int8_path, images = _float_and_int8('erfnet-fcn', tmp_path, tiny_data, fold=True)
+    float_nodes = onnx.load(str(float_path)).graph.node
+    convolutions = sum(node.op_type in ('Conv', 'ConvTranspose') for node in float_nodes)
+    upsamplers = sum(node.op_type == 'ConvTranspose' for node in float_nodes)
+    counts = optimized_node_counts(str(int8_path))
+    assert counts['QLinearConv'] == convolutions
+    assert counts['QLinearAdd'] >= 16  # one per non-bottleneck-1d block
+    assert counts['NhwcMaxPool'] == 3 and not counts['MaxPool'] and not counts['DepthToSpace']
+    # the image's, the logits' and one interleave of the phases per upsampler
+    assert counts['Transpose'] <= 2 + upsamplers
+    assert all(op in INTEGER_NODE_TYPES for op in counts if op.startswith('QLinear'))
     assert _agreement(float_path, int8_path, images) > 0.9
+
+
+def test_int8_channels_last_rewrites_keep_the_values(tmp_path, tiny_data, monkeypatch):
+    """ERFNet's max-pooling and phase interleave rewritten to uint8 channels-last give the logits of the
+    quantised graph as the quantiser wrote it."""
+    import onnx
+    from mmseg_ext.deploy import OnnxSegmentorSession, quantize
+    rewrite = quantize.uint8_channels_last
+    monkeypatch.setattr(quantize, 'uint8_channels_last', lambda model: {})
+    _, as_quantized, images = _float_and_int8('erfnet-fcn', tmp_path, tiny_data, fold=True)
+    model = onnx.load(str(as_quantized))
+    assert rewrite(model) == dict(max_pool_channels_last=3, depth_to_space_channels_last=2)
+    rewritten = tmp_path / 'rewritten.onnx'
+    onnx.save(model, str(rewritten))
+    expected = OnnxSegmentorSession(str(as_quantized), threads=1).run_numpy(images)
+    actual = OnnxSegmentorSession(str(rewritten), threads=1).run_numpy(images)
+    assert np.abs(actual - expected).max() <= 1e-6 * (expected.max() - expected.min())
 
 
 def test_int8_segformer_runs_its_linear_layers_in_int8_and_attention_in_float(tmp_path, tiny_data):
@@ -155,18 +183,19 @@ def test_int8_segformer_runs_its_linear_layers_in_int8_and_attention_in_float(tm
 
 
 def test_graph_preparation_keeps_the_logits(tmp_path):
-    """The rewrites before quantisation (phase convolutions for ConvTranspose, split Gemm bias, fused
-    GELU) change no value."""
+    """The rewrites before quantisation (phase convolutions for ConvTranspose, ReLU before their
+    interleave, split Gemm bias, fused GELU) change no value."""
     import onnx
     from mmseg_ext.deploy import OnnxSegmentorSession
     from mmseg_ext.deploy.quantize import prepare_graph
     images = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 128)).astype(np.float32)
-    for name, rewrite in (('erfnet-fcn', 'conv_transpose_as_phases'), ('segformer-b0', 'gelu_fused')):
+    for name, rewrites in (('erfnet-fcn', ('conv_transpose_as_phases', 'relu_before_depth_to_space')),
+                           ('segformer-b0', ('gelu_fused',))):
         cfg, model = family_model(name)
         float_path = export(model, cfg, tmp_path / f'{name}.onnx', (64, 128), dynamic=False)
         prepared = tmp_path / f'{name}_prepared.onnx'
         counts = prepare_graph(str(float_path), str(prepared))
-        assert counts[rewrite] > 0
+        assert all(counts[rewrite] > 0 for rewrite in rewrites)
         onnx.save(onnx.load(str(prepared)), str(prepared))  # loadable as it is
         expected = OnnxSegmentorSession(str(float_path), threads=1).run_numpy(images)
         actual = OnnxSegmentorSession(str(prepared), threads=1).run_numpy(images)
