@@ -209,7 +209,7 @@ def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs
 def test_tools_check_and_load_wrapped_segmentor_checkpoints_alike(tmp_path, prefix):
     """test.py, infer.py, benchmark.py and export share weights_check's unwrapping, and load what it checked."""
     from mmseg_ext.weights_check import checkpoint_state_dict, load_weights
-    from utils import build_segmentor
+    from mmseg_ext.builder import build_segmentor
     config = REPO / 'configs' / '_demo_' / 'segformer-b0.py'
     source = randomize_(build_segmentor(config), seed=5)
     path = tmp_path / 'wrapped.pth'

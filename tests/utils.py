@@ -106,18 +106,6 @@ def mmseg_config_path(relative: str) -> str:
     return os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', relative)
 
 
-def build_segmentor(config_path: str, cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build the segmentor of a config file in mmseg's default scope."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    cfg = Config.fromfile(str(config_path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope('mmseg')
-    return MODELS.build(cfg.model)
-
-
 def without_scope(value):
     """``value`` as plain data without the ``_scope_`` keys mmengine adds to dicts read from ``mmseg::`` bases."""
     if isinstance(value, dict):
@@ -309,11 +297,11 @@ FAMILY_CONFIGS = {
 
 def family_model(name: str, seed: int = 0, cfg_options: Optional[dict] = None) -> Tuple[Config, torch.nn.Module]:
     """The family's config and its segmentor with random weights and random BN statistics, eval mode."""
-    from mmseg_ext.deploy.export import build_segmentor as build_deployable
+    from mmseg_ext.builder import build_segmentor
     from mmseg_ext.launch import load_run_config
     cfg = load_run_config(str(REPO / FAMILY_CONFIGS[name]), cfg_options=dict(cfg_options or {}))
     torch.manual_seed(seed)
-    model = build_deployable(cfg)
+    model = build_segmentor(cfg)
     randomize_batch_norms(model, seed)
     return cfg, model.eval()
 

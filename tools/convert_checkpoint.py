@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 import mmseg_ext
+from mmseg_ext.builder import build_segmentor
 from mmseg_ext.checkpoint_io import check_hf_source_config, read_checkpoint, strip_prefixes, unwrap_state_dict
 from mmseg_ext.converters import CheckpointConverter, ConversionResult, detect_converter, registered_converters
 from mmseg_ext.weights_check import WeightsMismatchError, check_weights
@@ -82,16 +83,13 @@ def choose_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConver
 def check_fits_config(result: ConversionResult) -> None:
     """Build the model of ``result.config`` (with ``result.cfg_options``) and check the converted tensors fit
     it exactly; a mismatch means the converter and the config disagree."""
-    from mmengine.config import Config, DictAction
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    cfg = Config.fromfile(osp.join(REPO, result.config))
+    from mmengine.config import DictAction
+    cfg_options = None
     if result.cfg_options:
         parser = argparse.ArgumentParser()
         parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *result.cfg_options]).cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)  # weights are not initialised: nothing is downloaded
+        cfg_options = parser.parse_args(['--cfg-options', *result.cfg_options]).cfg_options
+    model = build_segmentor(osp.join(REPO, result.config), cfg_options)  # nothing is downloaded
     try:
         check_weights(model, result.state_dict, f'the converted checkpoint (for {result.config})', partial_flag=None)
     except WeightsMismatchError as error:

@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmseg_ext.compat import traceable_upsampling
 from .metadata import INPUT_NAME, METADATA_KEY, DeployError, DeployMetadata
 
-__all__ = ['DeployableSegmentor', 'build_segmentor', 'load_weights_strict', 'dataset_meta', 'default_shape',
+__all__ = ['DeployableSegmentor', 'load_weights_strict', 'dataset_meta', 'default_shape',
            'export_onnx', 'compare_with_pytorch', 'write_metadata', 'OUTPUTS']
 
 OUTPUTS = ('logits', 'labels')
@@ -58,16 +58,6 @@ class DeployableSegmentor(nn.Module):
         if self.output == 'labels':
             return logits.argmax(dim=1, keepdim=True).to(self.label_dtype)
         return logits
-
-
-def build_segmentor(cfg: Config) -> nn.Module:
-    """The config's segmentor in eval mode, in the config's default scope (see
-    :func:`mmseg_ext.launch.build_segmentor`: no pretrained weights are read, SyncBN becomes BN)."""
-    from mmengine.registry import init_default_scope
-
-    from mmseg_ext.launch import build_segmentor as build_model
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    return build_model(cfg.model).eval()
 
 
 def load_weights_strict(model: nn.Module, checkpoint: str) -> Dict[str, Any]:
