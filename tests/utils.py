@@ -179,7 +179,7 @@ def randomize_conv_bn_(model: nn.Module, seed: int = 0, eval_mode: bool = False)
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """The benchmark's batch-norm randomiser with wider statistics, as the tests' tolerances were set for
     (random BN otherwise sits at identity and hides folding and layout errors)."""
-    from mmseg_ext.benchmarking import randomize_batch_norms as randomize
+    from mmseg_ext.benchmark import randomize_batch_norms as randomize
     return randomize(model, seed, mean_std=0.3, var_range=(0.25, 1.75), bias_std=0.2, batches_tracked=1000)
 
 
