@@ -7,10 +7,10 @@ mmseg_ext``; :func:`start_cpu_process_group` is called by the tools once a run's
 
 * **mmengine <= 0.10.7 loads checkpoints with a bare ``torch.load``** (no ``weights_only``): since
   torch 2.6 that refuses the files mmengine's own runner writes, and before it any file may run code.
-  Local files go through :func:`mmseg_ext.safe_unpickler.load_checkpoint_file` instead.
+  Local files go through :func:`mmseg_ext.checkpoint.safe_unpickler.load_checkpoint_file` instead.
 * **mmengine <= 0.10.7 writes checkpoints in place and prunes before it saves**: a run killed while saving
   leaves a half-written newest file, or with ``max_keep_ckpts=1`` none at all. Checkpoints and
-  ``last_checkpoint`` are written atomically and pruned after the save (:mod:`mmseg_ext.atomic_checkpoint`).
+  ``last_checkpoint`` are written atomically and pruned after the save (:mod:`mmseg_ext.checkpoint.atomic_save`).
 * **mmengine <= 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device``**, which fails on a CPU
   build of torch, so ``--launcher pytorch`` (torchrun) cannot start without CUDA.
 * **mmengine's table of packages whose configs ``package::`` can name is closed** (``MODULE2PACKAGE``, last
@@ -55,11 +55,11 @@ def apply() -> None:
     if MMENGINE_LOADS_UNSAFELY:
         from mmengine.runner.checkpoint import CheckpointLoader
 
-        from .safe_unpickler import load_checkpoint_file
+        from .checkpoint.safe_unpickler import load_checkpoint_file
         # '' is mmengine's scheme for local paths (load_from, resume, init_cfg=Pretrained).
         CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
     if MMENGINE_SAVES_IN_PLACE:
-        from .atomic_checkpoint import install
+        from .checkpoint.atomic_save import install
         install()
     from mmengine.config.utils import MODULE2PACKAGE
     MODULE2PACKAGE.setdefault(_PACKAGE, _PACKAGE)

@@ -6,7 +6,7 @@ from mmengine.registry import init_default_scope
 from segformer_reference import NVlabsSegFormer
 
 from mmseg_ext.builder import build_segmentor
-from mmseg_ext.weights_check import WeightsMismatchError, check_weights, compare_weights, load_weights
+from mmseg_ext.checkpoint.weights_check import WeightsMismatchError, check_weights, compare_weights, load_weights
 
 MIT_WIDTHS = {'b0': [32, 64, 160, 256], 'b1': [64, 128, 320, 512]}
 

@@ -7,7 +7,7 @@ from erfnet_reference import AuthorsERFNet
 from mmengine.runner import load_checkpoint
 
 from mmseg_ext.builder import build_segmentor
-from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.checkpoint.reading import strip_prefixes
 from mmseg_ext.converters import registered_converters
 from mmseg_ext.converters.erfnet_authors import ERFNetAuthorsConverter
 from utils import REPO, load_tool, max_abs_diff, randomize_batch_norms

@@ -15,7 +15,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
 
 from mmseg_ext.builder import build_segmentor
-from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.checkpoint.reading import strip_prefixes
 from mmseg_ext.converters import detect_converter
 from mmseg_ext.converters.hrnet_ocr import AUTHORS_CONFIG, HRNetOCRConverter, infer_architecture
 from utils import REPO, randomize_conv_bn_

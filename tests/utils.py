@@ -197,7 +197,7 @@ def saved_hf_segformer(directory: Path, model_class: str, num_labels: int, seed:
 # ----------------------------------------------------------------------------------------------------------
 # Files that are not usable checkpoints: foreign files, damaged checkpoints, a hostile pickle.
 
-# name -> (exception class name in mmseg_ext.safe_unpickler, a phrase the one-line message must contain)
+# name -> (exception class name in mmseg_ext.checkpoint.safe_unpickler, a phrase the one-line message must contain)
 UNUSABLE_CHECKPOINTS: Dict[str, Tuple[str, str]] = {
     'random_bytes': ('NotACheckpointError', 'unrecognised binary data'),
     'png_image': ('NotACheckpointError', 'is a PNG image'),

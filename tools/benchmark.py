@@ -59,10 +59,10 @@ from mmseg_ext.benchmark import (ALLOCATORS, FLOP_CONVENTION, VariantContext, al
 from mmseg_ext.benchmark.roofline import annotate_rows, measure_roof
 from mmseg_ext.benchmark.roofline import summary as roof_summary
 from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, load_weights
 from mmseg_ext.deploy import slide_windows
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights
 
 TASKS = ('inference', 'train-step')
 

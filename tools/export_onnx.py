@@ -24,13 +24,13 @@ from mmengine.config import DictAction
 
 import mmseg_ext
 from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, load_weights_strict
 from mmseg_ext.deploy import DeployError
-from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, compare_with_pytorch,
-                                     default_shape, export_segmentor, load_weights_strict)
+from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, compare_with_pytorch, default_shape,
+                                     export_segmentor)
 from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, check_calibration_data, quantize_int8
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

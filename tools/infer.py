@@ -10,8 +10,8 @@ A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_l
 
 A missing input, an unsupported file type or a folder without images stops the run before the model is
 built (exit status 2), as does a checkpoint that is not one, is damaged or unsafe, or whose weights do not
-fit the config's model (:mod:`mmseg_ext.weights_check`; ``--allow-partial-weights`` runs with the tensors
-that fit). An input that exists but cannot be read or decoded does not stop a batch: it gets one
+fit the config's model (:mod:`mmseg_ext.checkpoint.weights_check`; ``--allow-partial-weights`` runs with the
+tensors that fit). An input that exists but cannot be read or decoded does not stop a batch: it gets one
 ``error:`` line, the others are segmented, the run ends with a list of what failed and exits with status 1.
 A video that stops before the frame count its header declares counts as failed; its frames already
 segmented stay written. An image that fails the preflight's tail check (:func:`mmseg_ext.preflight.check_image_file`:
@@ -38,10 +38,11 @@ from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
+from mmseg_ext.checkpoint.weights_check import (CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict,
+                                                log_weights_summary)
 from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, onnx_inferencer
 from mmseg_ext.precision import PRECISIONS, PrecisionError, check_precision, enable_bf16_inference
 from mmseg_ext.preflight import PreflightError, check_image_file
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')

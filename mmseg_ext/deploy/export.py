@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmseg_ext.compat import traceable_upsampling
 from .metadata import INPUT_NAME, METADATA_KEY, DeployError, DeployMetadata
 
-__all__ = ['DeployableSegmentor', 'load_weights_strict', 'dataset_meta', 'default_shape',
+__all__ = ['DeployableSegmentor', 'dataset_meta', 'default_shape',
            'export_onnx', 'compare_with_pytorch', 'write_metadata', 'OUTPUTS']
 
 OUTPUTS = ('logits', 'labels')
@@ -58,23 +58,6 @@ class DeployableSegmentor(nn.Module):
         if self.output == 'labels':
             return logits.argmax(dim=1, keepdim=True).to(self.label_dtype)
         return logits
-
-
-def load_weights_strict(model: nn.Module, checkpoint: str) -> Dict[str, Any]:
-    """Load ``checkpoint`` into ``model`` through the plugin's weights check (every tensor must fit);
-    returns the checkpoint's ``meta``.
-
-    Raises:
-        CheckpointFileError: not a checkpoint, damaged or unsafe (:mod:`mmseg_ext.safe_unpickler`).
-        FileNotFoundError: ``checkpoint`` does not exist.
-        WeightsMismatchError: naming the missing, unexpected and mis-shaped tensors and the likely cause.
-    """
-    from mmengine.runner.checkpoint import _load_checkpoint
-
-    from mmseg_ext.weights_check import apply_weights
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
-    apply_weights(model, loaded, checkpoint, partial_flag=None)
-    return (loaded.get('meta') if isinstance(loaded, dict) else None) or {}
 
 
 def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> Dict[str, list]:
