@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from mmseg_ext.compat import traceable_upsampling
+from mmseg_ext.preflight import leaf_datasets
 from .metadata import INPUT_NAME, METADATA_KEY, DeployError, DeployMetadata
 
 __all__ = ['DeployableSegmentor', 'dataset_meta', 'default_shape',
@@ -66,9 +67,7 @@ def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> Dict[st
     if meta.get('classes') and meta.get('palette'):
         return dict(classes=list(meta['classes']), palette=[list(map(int, c)) for c in meta['palette']])
     from mmseg.registry import DATASETS
-    dataset_cfg = (cfg.get('test_dataloader') or {}).get('dataset') or {}
-    while 'dataset' in dataset_cfg:  # RepeatDataset and similar wrappers
-        dataset_cfg = dataset_cfg['dataset']
+    dataset_cfg, _ = next(leaf_datasets((cfg.get('test_dataloader') or {}).get('dataset') or {}))
     info: Dict[str, Any] = {}
     dataset_cls = DATASETS.get(dataset_cfg['type']) if dataset_cfg.get('type') else None
     if dataset_cls is not None:
