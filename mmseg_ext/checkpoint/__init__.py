@@ -10,5 +10,6 @@
 * :mod:`~mmseg_ext.checkpoint.mit_layouts` and :mod:`~mmseg_ext.checkpoint.mit_pretrained`: the published MiT
   encoder key layouts, and the ``init_cfg=dict(type='Pretrained')`` loader that reads any of them.
 
-Nothing here imports the models; the model families and :mod:`mmseg_ext.converters` import from here.
+Nothing here imports the models; the model families and :mod:`mmseg_ext.converters` import from here. The
+weights check asks the converter registry, when it explains a mismatch, whether a file is in a published layout.
 """
