@@ -152,24 +152,30 @@ class CheckedInferencer(MMSegInferencer):
 
 
 class Segmenter:
-    """Runs the inferencer on BGR arrays and renders the three outputs."""
+    """The three outputs of one BGR image, each as ``MMSegInferencer`` makes it: the label map of its
+    ``postprocess``, and the colour mask (opacity 1) and overlay of its ``visualize`` (without class names).
+
+    This tool only names and writes them: the inferencer's own ``out_dir`` numbers its files
+    (``pred/00000000_pred.png``, ``vis/00000000_vis.jpg``) where the tool's users rely on ``NAME_labels.png``,
+    ``NAME_color.png`` and ``NAME_overlay.png``, and it has no video output.
+    """
 
     def __init__(self, inferencer: MMSegInferencer, opacity: float):
         self.inferencer = inferencer
         self.opacity = opacity
-        palette = inferencer.model.dataset_meta.get('palette') if inferencer.model.dataset_meta else None
-        if palette is None:
-            palette = inferencer.visualizer.dataset_meta['palette']
-        self.palette = np.zeros((256, 3), np.uint8)
-        self.palette[:len(palette)] = np.asarray(palette, np.uint8)
+
+    def _paint(self, rgb: np.ndarray, prediction, opacity: float) -> np.ndarray:
+        """The inferencer's visualisation as BGR (its visualiser draws on the array as RGB)."""
+        (painted, ) = self.inferencer.visualize([rgb], [prediction], return_vis=True, opacity=opacity,
+                                                with_labels=False)
+        return np.ascontiguousarray(painted[:, :, ::-1])
 
     def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(labels, colour BGR, overlay BGR)`` for one BGR image."""
         prediction = self.inferencer(bgr, return_datasamples=True)
-        labels = prediction.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
-        color_bgr = self.palette[labels][:, :, ::-1]
-        overlay = (bgr.astype(np.float32) * (1 - self.opacity) + color_bgr.astype(np.float32) * self.opacity)
-        return labels, np.ascontiguousarray(color_bgr), overlay.round().astype(np.uint8)
+        labels = self.inferencer.postprocess([prediction], None)['predictions'].astype(np.uint8)
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        return labels, self._paint(rgb, prediction, 1.0), self._paint(rgb, prediction, self.opacity)
 
 
 def write_png(path: str, array: np.ndarray) -> None:
