@@ -21,7 +21,6 @@ attention heads is not visible in the weights: every published SegFormer uses ``
 the configs use; a Hugging Face ``config.json`` that says otherwise is refused when the directory is
 read (see :func:`check_hf_segformer_config`).
 """
-import re
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
