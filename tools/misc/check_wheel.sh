@@ -90,7 +90,7 @@ for name in configs:
     get_config(f'mmseg_ext::{name}')
 check(len(configs) > 0, f'all {len(configs)} shipped configs load as mmseg_ext::NAME (mmengine.hub.get_config)')
 
-run(tool('make_demo_data.py'), 'demo_data', '--train', '2', '--val', '1')
+run(tool('make_demo_data.py'), 'demo_data', '--train', '2', '--val', '1', '--height', '64', '--width', '128')
 Path('my_erfnet.py').write_text('''_base_ = ['mmseg_ext::_demo_/erfnet.py']
 train_dataloader = dict(batch_size=2, dataset=dict(data_root='demo_data'))
 val_dataloader = dict(dataset=dict(data_root='demo_data'))
