@@ -66,7 +66,8 @@ def check(ok: bool, message: str) -> None:
 
 def tool(name: str) -> str:
     found = sorted(TOOLS.rglob(name))
-    check(len(found) == 1, f'the wheel ships one {name} under .mim/tools ({[str(p) for p in found]})')
+    if len(found) != 1:
+        check(False, f'the wheel ships one {name} under .mim/tools, found {[str(p) for p in found]}')
     return str(found[0])
 
 
