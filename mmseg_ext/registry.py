@@ -3,7 +3,8 @@
 Configs keep ``default_scope='mmseg'`` and name plugin models as ``type='mmseg_ext.ERFNet'``. mmengine
 resolves the ``mmseg_ext.`` prefix by importing this module (``<scope>.registry``) and then the
 ``locations`` below, so no ``custom_imports`` are needed. Unscoped names (``'FCNHead'``) looked up here
-fall through to mmseg's registry as usual.
+fall through to mmseg's registry as usual. mmseg's other registries get empty children in the same scope
+(:data:`SCOPED_CHILDREN`), for configs that inherit the plugin's.
 """
 from typing import Dict, Optional, Type
 
