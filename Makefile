@@ -26,7 +26,7 @@ BENCH_ARGS ?= --repeats 5 --warmup 1
 BENCH_OUT ?= docs/benchmark_cpu.md
 BENCH_FAMILY_DIR ?= docs/bench
 
-.PHONY: help install demo demo-data test bench accuracy clean
+.PHONY: help install demo demo-data test bench accuracy wheel-check clean
 
 help:
 	@echo "make demo [MODEL=erfnet|segformer-b0|ocrnet-hr18s]  install, make demo data, train, evaluate"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench                                          plugin vs mmseg speed tables ($(BENCH_OUT), $(BENCH_FAMILY_DIR)/)"
 	@echo "make accuracy                                       mIoU and speed of every inference path on the demo models ($(ACCURACY_OUT))"
 	@echo "make install                                        only install (.venv or the active venv)"
+	@echo "make wheel-check                                    build the wheel, install it elsewhere and use it without this checkout"
 
 install: $(STAMP)
 
@@ -106,6 +107,12 @@ ACCURACY_MODELS ?= erfnet segformer-b0 ocrnet-hr18s
 ACCURACY_OUT ?= docs/accuracy.md
 accuracy: demo-data
 	$(PY) tools/accuracy.py --models $(ACCURACY_MODELS) --data-root "$(DEMO_DATA)" --work-root work_dirs --out "$(ACCURACY_OUT)" --chart docs/speed_vs_miou.svg
+
+# The wheel built from this checkout, installed into a throwaway environment that reuses the installed stack,
+# used from outside the checkout: models register, shipped configs load as mmseg_ext::..., a config inheriting
+# one trains, a published checkpoint converts and exports (tools/misc/check_wheel.sh).
+wheel-check: install
+	tools/misc/check_wheel.sh "$(PY)"
 
 clean:
 	rm -rf work_dirs "$(DEMO_DATA)" build *.egg-info

@@ -19,6 +19,11 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.8',
     packages=find_packages(include=['mmseg_ext', 'mmseg_ext.*']),
+    # Configs and tools ship inside the package, as OpenMMLab packages ship theirs (mmseg/.mim/configs), so
+    # `mmseg_ext::segformer/...` names a config of the installed package. In the repository .mim/configs and
+    # .mim/tools are links to configs/ and tools/; the wheel holds copies of the files.
+    package_data={'mmseg_ext': ['.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/tools/**/*.py',
+                                '.mim/tools/**/*.sh']},
     install_requires=[
         'torch>=1.12',
         'mmsegmentation>=1.2.0,<1.3',

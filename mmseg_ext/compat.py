@@ -7,17 +7,23 @@ mmseg_ext``; :func:`start_cpu_process_group` is called by the tools once a run's
 
 * **mmengine <= 0.10.7 loads checkpoints with a bare ``torch.load``** (no ``weights_only``): since
   torch 2.6 that refuses the files mmengine's own runner writes, and before it any file may run code.
-  Local files go through :func:`mmseg_ext.safe_unpickler.load_checkpoint_file` instead.
+  Local files go through :func:`mmseg_ext.checkpoint.safe_unpickler.load_checkpoint_file` instead.
 * **mmengine <= 0.10.7 writes checkpoints in place and prunes before it saves**: a run killed while saving
   leaves a half-written newest file, or with ``max_keep_ckpts=1`` none at all. Checkpoints and
-  ``last_checkpoint`` are written atomically and pruned after the save (:mod:`mmseg_ext.atomic_checkpoint`).
+  ``last_checkpoint`` are written atomically and pruned after the save (:mod:`mmseg_ext.checkpoint.atomic_save`).
 * **mmengine <= 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device``**, which fails on a CPU
   build of torch, so ``--launcher pytorch`` (torchrun) cannot start without CUDA.
+* **mmengine's table of packages whose configs ``package::`` can name is closed** (``MODULE2PACKAGE``, last
+  checked: 0.10.7): the plugin adds itself, so ``_base_ = ['mmseg_ext::erfnet/...']`` and
+  ``mmengine.hub.get_config('mmseg_ext::...')`` find the configs shipped in ``mmseg_ext/.mim/configs``.
+* **mmengine <= 0.10.7 locates a package from its distribution's folder**, which is not the package's in an
+  editable install (``pip install -e``): for ``mmseg_ext`` the imported package's own folder is used.
 * **mmseg's ``Upsample`` (1.x up to 1.2.2) sizes its output with Python ints**, which an ONNX trace
   freezes to the example's size: :func:`traceable_upsampling` swaps its forward while exporting.
 """
 import contextlib
 import datetime
+import os.path as osp
 
 import mmengine
 import torch
@@ -38,6 +44,10 @@ MMENGINE_LAUNCHER_NEEDS_CUDA = _MMENGINE <= digit_version('0.10.7')
 #: mmengine's ``save_checkpoint`` writes in place and ``CheckpointHook`` removes the oldest kept checkpoint
 #: before it writes the new one (last checked: 0.10.7).
 MMENGINE_SAVES_IN_PLACE = _MMENGINE <= digit_version('0.10.7')
+#: mmengine's ``get_installed_path`` joins the distribution's location and the package name, a folder an
+#: editable install does not have (last checked: 0.10.7).
+MMENGINE_MISPLACES_EDITABLE = _MMENGINE <= digit_version('0.10.7')
+_PACKAGE = 'mmseg_ext'
 
 
 def apply() -> None:
@@ -45,12 +55,37 @@ def apply() -> None:
     if MMENGINE_LOADS_UNSAFELY:
         from mmengine.runner.checkpoint import CheckpointLoader
 
-        from .safe_unpickler import load_checkpoint_file
+        from .checkpoint.safe_unpickler import load_checkpoint_file
         # '' is mmengine's scheme for local paths (load_from, resume, init_cfg=Pretrained).
         CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
     if MMENGINE_SAVES_IN_PLACE:
-        from .atomic_checkpoint import install
+        from .checkpoint.atomic_save import install
         install()
+    from mmengine.config.utils import MODULE2PACKAGE
+    MODULE2PACKAGE.setdefault(_PACKAGE, _PACKAGE)
+    if MMENGINE_MISPLACES_EDITABLE:
+        _locate_plugin_from_its_import()
+
+
+def _locate_plugin_from_its_import() -> None:
+    """Make mmengine's ``get_installed_path('mmseg_ext')`` the imported package's folder."""
+    import sys
+
+    import mmengine.utils
+    original = mmengine.utils.get_installed_path
+    if getattr(original, 'locates_plugin', False):
+        return
+
+    def get_installed_path(package: str) -> str:
+        if package == _PACKAGE:
+            return osp.dirname(osp.abspath(__file__))
+        return original(package)
+
+    get_installed_path.locates_plugin = True
+    # Modules imported later bind the name from mmengine.utils; these may have bound it already.
+    for name in ('mmengine.utils', 'mmengine.utils.package_utils', 'mmengine.config.config', 'mmengine.hub.hub'):
+        if name in sys.modules:
+            sys.modules[name].get_installed_path = get_installed_path
 
 
 def start_cpu_process_group(cfg: Config) -> None:

@@ -1,5 +1,5 @@
-"""Config, process-group and model set-up shared by the tools (train, test, benchmark, export)."""
-import copy
+"""Run configs as the tools (train, test, benchmark, export) read them: mmseg's command-line precedence, and
+distributed runs adapted to machines without CUDA. Models are built by :mod:`mmseg_ext.builder`."""
 import logging
 import os.path as osp
 from typing import Optional
@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 
 from .preflight import check_config_path
 
-__all__ = ['load_run_config', 'build_segmentor']
+__all__ = ['load_run_config']
 
 
 def load_run_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
@@ -45,20 +45,3 @@ def _adapt_distributed_to_cpu(cfg: Config) -> None:
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
 
-
-def build_segmentor(model_cfg: dict) -> torch.nn.Module:
-    """Build ``model_cfg`` (in the current default scope) for weights that come from elsewhere: a
-    checkpoint, or random weights in tests and benchmarks.
-
-    ``pretrained`` and the backbone's ``init_cfg`` are dropped, so nothing is downloaded or read, and SyncBN
-    becomes BN as mmseg's runner does in one process. ``model_cfg`` is not modified (mmseg's segmentors
-    move ``pretrained`` into the backbone's config while they build).
-    """
-    from mmengine.model import revert_sync_batchnorm
-    from mmseg.registry import MODELS
-    model_cfg = copy.deepcopy(model_cfg)
-    model_cfg.pop('pretrained', None)
-    backbone_cfg = model_cfg.get('backbone', {})
-    backbone_cfg.pop('pretrained', None)
-    backbone_cfg.pop('init_cfg', None)
-    return revert_sync_batchnorm(MODELS.build(model_cfg))

@@ -12,7 +12,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
 
-__all__ = ['PreflightError', 'check_config_path', 'check_datasets', 'check_image_file']
+__all__ = ['PreflightError', 'check_config_path', 'check_datasets', 'check_image_file', 'leaf_datasets']
 
 _PHASE_LOADERS = {'train': 'train_dataloader', 'val': 'val_dataloader', 'test': 'test_dataloader'}
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -67,15 +67,16 @@ def check_image_file(path: str) -> None:
             raise PreflightError(f'corrupt image (truncated JPEG, no end marker): {path}')
 
 
-def _leaf_datasets(dataset_cfg: dict) -> Iterator[dict]:
-    """The datasets inside wrappers such as ConcatDataset and RepeatDataset."""
+def leaf_datasets(dataset_cfg: dict, key: str = 'dataset') -> Iterator[Tuple[dict, str]]:
+    """The dataset configs inside wrappers such as ConcatDataset (``datasets``) and RepeatDataset
+    (``dataset``), each with its ``--cfg-options`` key, ``key`` being that of ``dataset_cfg``."""
     if 'datasets' in dataset_cfg:
-        for child in dataset_cfg['datasets']:
-            yield from _leaf_datasets(child)
+        for index, child in enumerate(dataset_cfg['datasets']):
+            yield from leaf_datasets(child, f'{key}.datasets.{index}')
     elif 'dataset' in dataset_cfg:
-        yield from _leaf_datasets(dataset_cfg['dataset'])
+        yield from leaf_datasets(dataset_cfg['dataset'], f'{key}.dataset')
     else:
-        yield dataset_cfg
+        yield dataset_cfg, key
 
 
 def _data_dirs(dataset_cfg: dict) -> List[Tuple[str, str]]:
@@ -120,12 +121,12 @@ def check_datasets(cfg: Config, phases: Iterable[str] = ('train', 'val'),
         if not loader or not loader.get('dataset'):
             continue
         total = 0
-        for dataset_cfg in _leaf_datasets(loader['dataset']):
+        for dataset_cfg, key in leaf_datasets(loader['dataset']):
             for what, path in _data_dirs(dataset_cfg):
                 if not osp.isdir(path):
                     raise PreflightError(
                         f'{phase} data not found: {what} {path!r} does not exist (set it with --cfg-options '
-                        f'{_PHASE_LOADERS[phase]}.dataset.data_root=..., or prepare the dataset first)')
+                        f'{_PHASE_LOADERS[phase]}.{key}.data_root=..., or prepare the dataset first)')
             dataset = _build_without_pipeline(dataset_cfg)
             infos = [dataset.get_data_info(i) for i in range(len(dataset))]
             if not infos:

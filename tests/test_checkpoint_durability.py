@@ -1,4 +1,4 @@
-"""Checkpoints survive a kill while saving and a full disk (mmseg_ext.atomic_checkpoint, tools/train.py --resume).
+"""Checkpoints survive a kill while saving and a full disk (mmseg_ext.checkpoint.atomic_save, tools/train.py --resume).
 
 A kill is simulated deterministically: the write of a chosen file stops after some bytes with an exception
 that no handler of the runner catches, and the bytes written so far are put back under the temporary name,
@@ -15,9 +15,9 @@ import pytest
 import torch
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
-import mmseg_ext.atomic_checkpoint as atomic
-from mmseg_ext.atomic_checkpoint import CheckpointDiskFullError, find_resumable_checkpoint
-from mmseg_ext.safe_unpickler import load_checkpoint_file
+import mmseg_ext.checkpoint.atomic_save as atomic
+from mmseg_ext.checkpoint.atomic_save import CheckpointDiskFullError, find_resumable_checkpoint
+from mmseg_ext.checkpoint.safe_unpickler import load_checkpoint_file
 from utils import load_tool, small_checkpoint, write_tiny_config
 
 # No validation: the tests are about the checkpoints a training run writes.

@@ -4,8 +4,8 @@ import torch
 from utils import UNUSABLE_CHECKPOINTS, small_checkpoint, write_sample
 from mmengine.runner.checkpoint import _load_checkpoint
 
-import mmseg_ext.safe_unpickler as checkpoint_module
-from mmseg_ext.safe_unpickler import CheckpointFileError, load_checkpoint_file
+import mmseg_ext.checkpoint.safe_unpickler as checkpoint_module
+from mmseg_ext.checkpoint.safe_unpickler import CheckpointFileError, load_checkpoint_file
 
 
 @pytest.mark.parametrize('name', sorted(UNUSABLE_CHECKPOINTS))

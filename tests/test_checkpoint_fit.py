@@ -5,15 +5,15 @@ from erfnet_reference import AuthorsERFNet
 from mmengine.registry import init_default_scope
 from segformer_reference import NVlabsSegFormer
 
-from mmseg_ext.weights_check import WeightsMismatchError, check_weights, compare_weights, load_weights
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.weights_check import WeightsMismatchError, check_weights, compare_weights, load_weights
 
 MIT_WIDTHS = {'b0': [32, 64, 160, 256], 'b1': [64, 128, 320, 512]}
 
 
 def _build(model_cfg: dict) -> torch.nn.Module:
-    from mmseg.registry import MODELS
     init_default_scope('mmseg')
-    return MODELS.build(model_cfg).eval()
+    return build_segmentor(model_cfg).eval()
 
 
 def segformer(arch: str = 'b0', num_classes: int = 19) -> torch.nn.Module:

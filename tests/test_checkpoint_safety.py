@@ -11,7 +11,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (installs the safe loader)
-from mmseg_ext.safe_unpickler import UnsafeCheckpointError, load_checkpoint_file
+from mmseg_ext.checkpoint.safe_unpickler import UnsafeCheckpointError, load_checkpoint_file
 
 
 class RunsCommand:

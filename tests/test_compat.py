@@ -5,7 +5,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.utils import digit_version
 
 import mmseg_ext.compat as compat
-from mmseg_ext.safe_unpickler import load_checkpoint_file
+from mmseg_ext.checkpoint.safe_unpickler import load_checkpoint_file
 
 
 def _local_loader():
@@ -38,11 +38,11 @@ def _checkpoint_writers():
 
 
 def test_the_installed_mmengine_saves_checkpoints_atomically():
-    from mmseg_ext import atomic_checkpoint
+    from mmseg_ext.checkpoint import atomic_save
     assert compat.MMENGINE_SAVES_IN_PLACE == (digit_version(mmengine.__version__) <= digit_version('0.10.7'))
-    save = atomic_checkpoint.save_checkpoint_atomically
-    assert _checkpoint_writers() == (save, save, save, atomic_checkpoint._save_checkpoint_then_prune,
-                                     atomic_checkpoint._save_best_then_prune)
+    save = atomic_save.save_checkpoint_atomically
+    assert _checkpoint_writers() == (save, save, save, atomic_save._save_checkpoint_then_prune,
+                                     atomic_save._save_best_then_prune)
 
 
 def test_a_fixed_mmengine_keeps_its_own_checkpoint_writes(monkeypatch):

@@ -23,7 +23,7 @@ def _train_demo_recipe(data_root: Path, work_dir: Path) -> dict:
               'train_cfg.max_iters=3', 'train_cfg.val_interval=100', 'train_dataloader.batch_size=2',
               *[f'{loader}.dataset.data_root={data_root}' for loader in loaders]],
              cwd=work_dir.parent, env_extra={'OMP_NUM_THREADS': '2', 'MKL_NUM_THREADS': '2'})
-    from mmseg_ext.safe_unpickler import load_checkpoint_file
+    from mmseg_ext.checkpoint.safe_unpickler import load_checkpoint_file
     return load_checkpoint_file(str(work_dir / 'iter_3.pth'))['state_dict']
 
 

@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 
 from utils import REPO, batch, export, family_model, logits, onnx_segmentor, run_tool
+from mmseg_ext.checkpoint.weights_check import WeightsMismatchError, load_weights_strict
 from mmseg_ext.deploy import DeployError, OnnxSegmentorSession
-from mmseg_ext.weights_check import WeightsMismatchError
-from mmseg_ext.deploy.export import DeployableSegmentor, export_onnx, load_weights_strict
+from mmseg_ext.deploy.export import DeployableSegmentor, export_onnx
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 
-from mmseg_ext.safe_unpickler import load_checkpoint_file
+from mmseg_ext.checkpoint.safe_unpickler import load_checkpoint_file
 from utils import REPO, run_tool, write_tiny_config
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,12 @@ from mmengine.structures import PixelData
 from mmseg.models.backbones import ERFNet as MMSegERFNet
 from mmseg.structures import SegDataSample
 
+from mmseg_ext.builder import build_segmentor
 from mmseg_ext.models.backbones.erfnet import (ERFNet, ERFNetDownsamplerBlock, ERFNetNonBottleneck1d,
                                                ERFNetUpsamplerBlock)
 from mmseg_ext.models.decode_heads.erfnet_head import ERFNetHead
 from mmseg_ext.registry import MODELS
-from utils import REPO, batch_norms, build_segmentor, max_abs_diff, mmseg_config_path, randomize_batch_norms, without_scope
+from utils import REPO, batch_norms, max_abs_diff, mmseg_config_path, randomize_batch_norms, without_scope
 
 FCN_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
 MMSEG_FCN_CONFIG = mmseg_config_path('erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')

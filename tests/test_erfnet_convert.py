@@ -6,10 +6,11 @@ import torch
 from erfnet_reference import AuthorsERFNet
 from mmengine.runner import load_checkpoint
 
-from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.reading import strip_prefixes
 from mmseg_ext.converters import registered_converters
 from mmseg_ext.converters.erfnet_authors import ERFNetAuthorsConverter
-from utils import REPO, build_segmentor, load_tool, max_abs_diff, randomize_batch_norms
+from utils import REPO, load_tool, max_abs_diff, randomize_batch_norms
 
 convert_tool = load_tool('convert_checkpoint')
 
@@ -182,3 +183,15 @@ def test_missing_keys_are_named():
     del state_dict['decoder.layers.3.bn.running_var']
     with pytest.raises(ValueError, match=r'1 missing keys, e\.g\. decoder\.layers\.3\.bn\.running_var'):
         ERFNetAuthorsConverter().convert(state_dict)
+
+
+def test_converters_name_packaged_configs_outside_a_checkout(tmp_path, monkeypatch):
+    """Installed without the repository, a converter names its config as ``mmseg_ext::...``, which resolves
+    to the copy shipped in the package; in a checkout it names ``configs/...`` as before."""
+    from mmseg_ext.converters import base
+    relative = 'erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py'
+    assert base.config_reference(relative) == f'configs/{relative}'
+    monkeypatch.setattr(base, '_PACKAGE_PARENT', str(tmp_path))  # a site-packages without configs/
+    reference = base.config_reference(relative)
+    assert reference == f'mmseg_ext::{relative}'
+    assert osp.samefile(base.config_file(reference), REPO / 'configs' / relative)

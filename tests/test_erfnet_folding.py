@@ -10,9 +10,10 @@ from mmcv.cnn import ConvModule
 from mmcv.cnn import fuse_conv_bn as mmcv_fuse_conv_bn
 from mmseg.models.backbones import ERFNet as MMSegERFNet
 
+from mmseg_ext.builder import build_segmentor
 from mmseg_ext.folding import fuse_conv_bn
 from mmseg_ext.models.backbones.erfnet import ERFNet, ERFNetDownsamplerBlock
-from utils import REPO, batch_norms, build_segmentor, max_abs_diff, randomize_batch_norms
+from utils import REPO, batch_norms, max_abs_diff, randomize_batch_norms
 
 FCN_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py')
 PAPER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')

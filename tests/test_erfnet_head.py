@@ -12,11 +12,12 @@ from mmengine.config import Config
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
+from mmseg_ext.builder import build_segmentor
 from mmseg_ext.models.backbones.erfnet import ERFNet
-from mmseg_ext.models.losses.class_weighted_ce_loss import ClassWeightedCrossEntropyLoss
 from mmseg_ext.models.decode_heads.erfnet_head import ERFNetHead
+from mmseg_ext.models.losses.class_weighted_ce_loss import ClassWeightedCrossEntropyLoss
 from mmseg_ext.registry import MODELS
-from utils import REPO, build_segmentor
+from utils import REPO
 
 PAPER_ENCODER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py')
 PAPER_CONFIG = osp.join(REPO, 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
@@ -139,7 +140,8 @@ def test_stage_two_loads_stage_one_encoder(tmp_path):
     stage1 = build_segmentor(PAPER_ENCODER_CONFIG)
     path = str(tmp_path / 'epoch_150.pth')
     torch.save({'meta': {}, 'state_dict': stage1.state_dict()}, path)
-    stage2 = build_segmentor(PAPER_CONFIG, dict(model=dict(backbone=dict(init_cfg=dict(checkpoint=path)))))
+    stage2 = build_segmentor(PAPER_CONFIG, dict(model=dict(backbone=dict(init_cfg=dict(checkpoint=path)))),
+                             keep_pretrained=True)
     stage2.init_weights()
     trained = stage1.backbone.state_dict()
     loaded = stage2.backbone.state_dict()

@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from hrnet_ocr_reference import TINY, W18_SMALL, HighResolutionNetOCR
 from mmengine.config import Config, ConfigDict
-from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
-from mmseg_ext.checkpoint_io import strip_prefixes
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.reading import strip_prefixes
 from mmseg_ext.converters import detect_converter
 from mmseg_ext.converters.hrnet_ocr import AUTHORS_CONFIG, HRNetOCRConverter, infer_architecture
 from utils import REPO, randomize_conv_bn_
@@ -32,7 +31,7 @@ def build_plugin_model(model_cfg: dict) -> torch.nn.Module:
     init_default_scope('mmseg')
     cfg = ConfigDict(model_cfg)
     cfg.setdefault('data_preprocessor', dict(type='SegDataPreProcessor'))
-    return revert_sync_batchnorm(MODELS.build(cfg)).eval()
+    return build_segmentor(cfg).eval()
 
 
 def plugin_logits(model, image):

@@ -65,8 +65,7 @@ def test_bf16_is_refused_without_bf16_arithmetic(erfnet, monkeypatch):
     with pytest.raises(DeployError, match=r'OpenVINO bf16 needs a CPU with the AVX512_BF16 or AMX_BF16 '
                        r'instruction set, which this CPU lacks \(OpenVINO CPU capabilities: WINOGRAD, FP32'):
         open_session(str(path), 'openvino', precision='bf16')
-    import mmseg_ext.deploy.bench  # noqa: F401  (registers the variants)
-    from mmseg_ext.benchmarking import VariantContext, build_variant
+    from mmseg_ext.benchmark import VariantContext, build_variant
     context = VariantContext(plugin=None, model_cfg={}, device=torch.device('cpu'), cfg=object(), input_shape=CROP)
     with pytest.raises(DeployError, match='AVX512_BF16 or AMX_BF16'):
         build_variant('openvino-bf16', context)

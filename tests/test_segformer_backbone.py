@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from mmseg.models.backbones import MixVisionTransformer as MmsegMiT
 
 
-from mmseg_ext.models.backbones.mit import (MIT_ARCH_SETTINGS, EfficientSelfAttention, MixVisionTransformer,
-                                           cpu_backward_query_splits)
+from mmseg_ext.mit_arch import MIT_ARCH_SETTINGS
+from mmseg_ext.models.backbones.mit import EfficientSelfAttention, MixVisionTransformer, cpu_backward_query_splits
 from mmseg_ext.registry import MODELS
 from utils import randomize_, run_tool
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from segformer_reference import NVlabsMiT, NVlabsSegFormer
 
+from mmseg_ext.builder import build_segmentor
 from mmseg_ext.converters import detect_converter
 from utils import REPO, load_tool, randomize_, saved_hf_segformer
 
@@ -27,11 +28,7 @@ def _run(capsys, *argv):
 
 
 def _build(config: str):
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    init_default_scope('mmseg')
-    return MODELS.build(Config.fromfile(osp.join(REPO, config)).model)
+    return build_segmentor(osp.join(REPO, config))
 
 
 def _plugin_logits(config: str, checkpoint) -> torch.Tensor:

@@ -5,9 +5,9 @@ import pytest
 import torch
 from segformer_reference import NVlabsMiT
 
+from mmseg_ext.checkpoint.mit_layouts import extract_mit_encoder
+from mmseg_ext.checkpoint.mit_pretrained import load_mit_pretrained
 from mmseg_ext.models.backbones.mit import MixVisionTransformer
-from mmseg_ext.converters.mit_layouts import extract_mit_encoder
-from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
 from utils import REPO, load_tool, randomize_, saved_hf_segformer
 
 transformers = pytest.importorskip('transformers')
@@ -193,7 +193,7 @@ def test_load_mit_pretrained_returns_what_it_found(hf_classifier):
     lambda sd: {'state_dict': {f'model.{k}': v for k, v in sd.items()}, 'meta': {}},
 ], ids=['module', 'model', 'module-model', 'state_dict-model'])
 def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs_imagenet, tmp_path, wrap):
-    """Every entry point unwraps a checkpoint with the same rules (mmseg_ext.checkpoint_io.read_state_dict)."""
+    """Every entry point unwraps a checkpoint with the same rules (mmseg_ext.checkpoint.reading.read_state_dict)."""
     path, reference = nvlabs_imagenet
     plain = torch.load(path, weights_only=True)
     wrapped = tmp_path / 'wrapped.pth'
@@ -208,8 +208,8 @@ def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs
 @pytest.mark.parametrize('prefix', ['module.', 'model.'])
 def test_tools_check_and_load_wrapped_segmentor_checkpoints_alike(tmp_path, prefix):
     """test.py, infer.py, benchmark.py and export share weights_check's unwrapping, and load what it checked."""
-    from mmseg_ext.weights_check import checkpoint_state_dict, load_weights
-    from utils import build_segmentor
+    from mmseg_ext.checkpoint.weights_check import checkpoint_state_dict, load_weights
+    from mmseg_ext.builder import build_segmentor
     config = REPO / 'configs' / '_demo_' / 'segformer-b0.py'
     source = randomize_(build_segmentor(config), seed=5)
     path = tmp_path / 'wrapped.pth'

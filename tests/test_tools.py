@@ -176,7 +176,7 @@ def _single_error_line(proc: subprocess.CompletedProcess) -> str:
 
 DIAGNOSES = ['random_bytes', 'truncated_zip', 'hostile_pickle']  # not a checkpoint, damaged, unsafe
 # Every diagnosis through test.py and infer.py, and each other tool with one of them (every file kind is
-# diagnosed in test_checkpoint_files.py; the tools share mmseg_ext.safe_unpickler's loader).
+# diagnosed in test_checkpoint_files.py; the tools share mmseg_ext.checkpoint.safe_unpickler's loader).
 TOOL_CASES = ([('test.py', sample) for sample in DIAGNOSES] + [('infer.py', sample) for sample in DIAGNOSES]
               + [('benchmark.py', 'truncated_zip'), ('convert_checkpoint.py', 'random_bytes'),
                  ('train.py load_from', 'hostile_pickle'), ('train.py --resume', 'truncated_zip')])

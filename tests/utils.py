@@ -106,18 +106,6 @@ def mmseg_config_path(relative: str) -> str:
     return os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', relative)
 
 
-def build_segmentor(config_path: str, cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build the segmentor of a config file in mmseg's default scope."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    cfg = Config.fromfile(str(config_path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    init_default_scope('mmseg')
-    return MODELS.build(cfg.model)
-
-
 def without_scope(value):
     """``value`` as plain data without the ``_scope_`` keys mmengine adds to dicts read from ``mmseg::`` bases."""
     if isinstance(value, dict):
@@ -191,7 +179,7 @@ def randomize_conv_bn_(model: nn.Module, seed: int = 0, eval_mode: bool = False)
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """The benchmark's batch-norm randomiser with wider statistics, as the tests' tolerances were set for
     (random BN otherwise sits at identity and hides folding and layout errors)."""
-    from mmseg_ext.benchmarking import randomize_batch_norms as randomize
+    from mmseg_ext.benchmark import randomize_batch_norms as randomize
     return randomize(model, seed, mean_std=0.3, var_range=(0.25, 1.75), bias_std=0.2, batches_tracked=1000)
 
 
@@ -209,7 +197,7 @@ def saved_hf_segformer(directory: Path, model_class: str, num_labels: int, seed:
 # ----------------------------------------------------------------------------------------------------------
 # Files that are not usable checkpoints: foreign files, damaged checkpoints, a hostile pickle.
 
-# name -> (exception class name in mmseg_ext.safe_unpickler, a phrase the one-line message must contain)
+# name -> (exception class name in mmseg_ext.checkpoint.safe_unpickler, a phrase the one-line message must contain)
 UNUSABLE_CHECKPOINTS: Dict[str, Tuple[str, str]] = {
     'random_bytes': ('NotACheckpointError', 'unrecognised binary data'),
     'png_image': ('NotACheckpointError', 'is a PNG image'),
@@ -309,11 +297,11 @@ FAMILY_CONFIGS = {
 
 def family_model(name: str, seed: int = 0, cfg_options: Optional[dict] = None) -> Tuple[Config, torch.nn.Module]:
     """The family's config and its segmentor with random weights and random BN statistics, eval mode."""
-    from mmseg_ext.deploy.export import build_segmentor as build_deployable
+    from mmseg_ext.builder import build_segmentor
     from mmseg_ext.launch import load_run_config
     cfg = load_run_config(str(REPO / FAMILY_CONFIGS[name]), cfg_options=dict(cfg_options or {}))
     torch.manual_seed(seed)
-    model = build_deployable(cfg)
+    model = build_segmentor(cfg)
     randomize_batch_norms(model, seed)
     return cfg, model.eval()
 

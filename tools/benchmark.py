@@ -1,16 +1,14 @@
 """Benchmark a segmentor: parameters, FLOPs, latency, throughput and peak memory of several paths
 ("variants") of the same network with the same weights, timed side by side in one process.
 
-Variants (``--variants``, names joined from steps by ``+``; see ``mmseg_ext.benchmarking.VARIANT_STEPS``):
+Variants (``--variants``, names joined from steps by ``+``; see ``mmseg_ext.benchmark.variants``):
 ``mmseg`` (mmseg's own implementation of the config's network), ``configured`` (the plugin's model as
 configured), ``folded`` (BN folded into the convolutions by ``mmseg_ext.fuse_conv_bn``), ``channels-last``,
 ``compiled`` (``torch.compile`` of backbone and heads), ``amp`` (autocast), ``onnxruntime`` and
 ``onnxruntime-int8`` (the network exported to ONNX, folded, run by ONNX Runtime in the config's test mode:
-:mod:`mmseg_ext.deploy.bench`), ``openvino`` and ``openvino-bf16`` (the same file run by OpenVINO), e.g.
-``--variants mmseg configured folded+channels-last onnxruntime``. The first variant is the baseline of the
-speed-up column (``mmseg`` when present). The older switches still work: ``--fuse-conv-bn``,
-``--channels-last``, ``--compile`` and ``--amp`` make one variant of the plugin's model,
-``--compare-mmseg`` adds ``mmseg``.
+:mod:`mmseg_ext.benchmark.runtimes`), ``openvino`` and ``openvino-bf16`` (the same file run by OpenVINO), e.g.
+``--variants mmseg configured folded+channels-last onnxruntime`` (default: ``configured``). The first
+variant is the baseline of the speed-up column.
 
 Tasks (``--task``): ``inference`` times the network's forward (``_forward``: backbone and heads, under
 ``torch.inference_mode``) for ``--mode whole``, and the segmentor's sliding-window ``inference`` for
@@ -18,13 +16,13 @@ Tasks (``--task``): ``inference`` times the network's forward (``_forward``: bac
 with random labels, in train mode. Peak memory is what one call adds to the process.
 
 Allocator (``--allocator``): ``default`` (glibc as it starts), ``tuned`` (glibc keeps freed memory, see
-``mmseg_ext.benchmarking.ALLOCATORS``) or ``both``, each in a fresh child process (glibc reads these
+``mmseg_ext.benchmark.allocator``) or ``both``, each in a fresh child process (glibc reads these
 settings at start-up). ``train-step`` runs ``both`` unless told otherwise.
 
 FLOPs are counted on one forward by the papers' convention: one multiply-add is one FLOP, attention
-products included (``mmseg_ext.benchmarking.count_flops``).
+products included (``mmseg_ext.benchmark.flops``).
 
-The roof (``mmseg_ext.roofline``): on the CPU the run also measures the machine's dense rate per precision
+The roof (``mmseg_ext.benchmark.roofline``): on the CPU the run also measures the machine's dense rate per precision
 (float32, bf16, int8; the better of a matrix product and a 3x3 convolution, with the run's threads), and
 every inference row reports its achieved GMAC/s (its multiply-adds per call over its median time) and its
 share of its precision's roof (JSON ``achieved_gmacs`` and ``roof_fraction``; the roof itself under
@@ -37,7 +35,7 @@ Examples::
     python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         --task train-step --shape 512 512 --variants mmseg configured
     python tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py \\
-        --fuse-conv-bn --channels-last --compare-mmseg
+        --variants mmseg folded+channels-last
     python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         --shape 512 1024 --mode whole --variants mmseg configured onnxruntime --threads 2
 """
@@ -54,16 +52,17 @@ import torch
 from mmengine.config import ConfigDict
 from mmengine.registry import init_default_scope
 
-from mmseg_ext.benchmarking import (ALLOCATORS, FLOP_CONVENTION, VariantContext, allocator_environment, build_segmentor,
-                                    build_variant, count_flops, current_allocator, inference_runner, max_difference,
-                                    parse_variant, peak_memory_mb, randomize_batch_norms, ratio_summary,
-                                    time_alternating, train_step_runner)
-import mmseg_ext.deploy.bench  # noqa: F401  (registers the onnxruntime and openvino variants)
+from mmseg_ext.benchmark import (ALLOCATORS, FLOP_CONVENTION, VariantContext, allocator_environment, build_variant,
+                                 count_flops, current_allocator, inference_runner, max_difference, median,
+                                 parse_variant, peak_memory_mb, randomize_batch_norms, ratio_summary, time_alternating,
+                                 train_step_runner)
+from mmseg_ext.benchmark.roofline import annotate_rows, measure_roof
+from mmseg_ext.benchmark.roofline import summary as roof_summary
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, load_weights
+from mmseg_ext.deploy import slide_windows
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
-from mmseg_ext.roofline import annotate_rows, measure_roof
-from mmseg_ext.roofline import summary as roof_summary
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, load_weights
 
 TASKS = ('inference', 'train-step')
 
@@ -73,8 +72,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('config', help='model config (path or mmseg::name)')
     parser.add_argument('checkpoint', nargs='?', help='weights to load (random weights if omitted)')
     parser.add_argument('--task', choices=TASKS, default='inference', help='what one timed call does')
-    parser.add_argument('--variants', nargs='+', metavar='VARIANT',
-                        help="paths to time side by side, e.g. mmseg configured folded+channels-last compiled")
+    parser.add_argument('--variants', nargs='+', metavar='VARIANT', default=['configured'],
+                        help="paths to time side by side, e.g. mmseg configured folded+channels-last compiled "
+                        "(the first is the baseline; default: configured)")
     parser.add_argument('--shape', type=int, nargs=2, default=(512, 1024), metavar=('H', 'W'), help='input size')
     parser.add_argument('--batch', type=int, default=1, help='images per call')
     parser.add_argument('--mode', choices=['whole', 'slide'], help="inference mode (default: the config's)")
@@ -84,12 +84,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'else 768 768)')
     parser.add_argument('--repeats', type=int, default=10, help='timed calls per variant')
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls per variant first')
-    parser.add_argument('--fuse-conv-bn', action='store_true', help='variant with BN folded (mmseg_ext.fuse_conv_bn)')
-    parser.add_argument('--channels-last', action='store_true', help='variant in channels_last memory format')
-    parser.add_argument('--compile', action='store_true', help='variant compiled with torch.compile')
-    parser.add_argument('--amp', action='store_true', help='variant under autocast: float16 on CUDA, bfloat16 on CPU')
-    parser.add_argument('--compare-mmseg', action='store_true',
-                        help="also run mmseg's implementation with the same weights (the baseline)")
     parser.add_argument('--allocator', choices=list(ALLOCATORS) + ['both'],
                         help='glibc malloc settings, each in a fresh process (default: both for train-step, '
                         'else default)')
@@ -97,7 +91,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--no-flops', action='store_true', help='skip counting FLOPs (it traces the model)')
     parser.add_argument('--no-roof', action='store_true',
-                        help="skip measuring the CPU's dense rate per precision (mmseg_ext.roofline)")
+                        help="skip measuring the CPU's dense rate per precision (mmseg_ext.benchmark.roofline)")
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     args = parser.parse_args(argv)
     for name in ('batch', 'repeats'):
@@ -107,23 +101,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f'--warmup must not be negative, got {args.warmup}')
     if args.threads is not None and args.threads < 1:
         parser.error(f'--threads must be at least 1, got {args.threads}')
-    args.variants = resolve_variants(args, parser)
+    check_variants(args.variants, parser)
     if args.allocator is None:
         args.allocator = 'both' if args.task == 'train-step' else 'default'
     return args
 
 
-def resolve_variants(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
-    """``--variants``, or the one variant the switches describe (after ``mmseg`` with ``--compare-mmseg``)."""
-    steps = [step for flag, step in (('fuse_conv_bn', 'folded'), ('channels_last', 'channels-last'),
-                                     ('compile', 'compiled'), ('amp', 'amp')) if getattr(args, flag)]
-    if args.variants:
-        if steps:
-            parser.error('give the paths either with --variants or with the switches '
-                         f'(--fuse-conv-bn, --channels-last, --compile, --amp), not both: got {steps}')
-        variants = (['mmseg'] if args.compare_mmseg and 'mmseg' not in args.variants else []) + args.variants
-    else:
-        variants = (['mmseg'] if args.compare_mmseg else []) + ['+'.join(steps) or 'configured']
+def check_variants(variants: List[str], parser: argparse.ArgumentParser) -> None:
+    """Refuse a ``--variants`` list naming a variant twice or an unknown step, in one line."""
     duplicates = sorted({name for name in variants if variants.count(name) > 1})
     if duplicates:
         parser.error(f'--variants names {duplicates} more than once')
@@ -132,7 +117,6 @@ def resolve_variants(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             parse_variant(name)
         except ValueError as error:
             parser.error(str(error))
-    return variants
 
 
 def configure_test_mode(model: torch.nn.Module, args: argparse.Namespace) -> str:
@@ -147,20 +131,13 @@ def configure_test_mode(model: torch.nn.Module, args: argparse.Namespace) -> str
     return mode
 
 
-def window_count(shape: Tuple[int, int], crop: Tuple[int, int], stride: Tuple[int, int]) -> int:
-    """Sliding windows mmseg's ``slide_inference`` runs on an input of ``shape``."""
-    rows = max(shape[0] - crop[0] + stride[0] - 1, 0) // stride[0] + 1
-    cols = max(shape[1] - crop[1] + stride[1] - 1, 0) // stride[1] + 1
-    return rows * cols
-
-
 def network_gflops(context: VariantContext, variants: List[str], args: argparse.Namespace,
                    mode: str) -> Dict[str, dict]:
     """FLOPs of one network forward, of the plugin's configured model and (if timed) mmseg's; per input
     (batch and sliding windows included)."""
     test_cfg = context.plugin.test_cfg
     crop = tuple(test_cfg['crop_size']) if mode == 'slide' else tuple(args.shape)
-    windows = window_count(tuple(args.shape), crop, tuple(test_cfg['stride'])) if mode == 'slide' else 1
+    windows = len(list(slide_windows(*args.shape, crop, test_cfg['stride']))) if mode == 'slide' else 1
     images = torch.randn(1, 3, *crop, device=context.device)
     models = {'configured': context.plugin}
     if any(parse_variant(name)[0] == 'mmseg' for name in variants):
@@ -174,7 +151,7 @@ def network_gflops(context: VariantContext, variants: List[str], args: argparse.
 
 
 def machine_roof(args: argparse.Namespace, device: torch.device) -> Optional[dict]:
-    """The CPU's dense rate per precision with the run's threads (:func:`mmseg_ext.roofline.measure_roof`);
+    """The CPU's dense rate per precision with the run's threads (:func:`mmseg_ext.benchmark.roofline.measure_roof`);
     None with ``--no-roof`` or on another device."""
     if args.no_roof or device.type != 'cpu':
         return None
@@ -249,16 +226,12 @@ def measure(args: argparse.Namespace) -> dict:
             gflops=flops[base if base in flops else 'configured']['gflops'] if flops else None,
             median_s=timing.median, p90_s=timing.p90, images_per_s=args.batch / timing.median,
             seconds=timing.seconds, warmup_seconds=timing.warmup_seconds,
-            user_s=_median(timing.user_seconds), system_s=_median(timing.system_seconds),
+            user_s=median(timing.user_seconds), system_s=median(timing.system_seconds),
             peak_memory_mb=memory[name], speedup=speedups[name],
             memory_ratio=memory[name] / max(memory[baseline], 1e-9), max_abs_diff=differences.get(name),
             **subject.row_fields)
     return dict(allocator=allocator, baseline=baseline, results=results, flops=flops, mode=mode,
                 threads=torch.get_num_threads(), roof=roof)
-
-
-def _median(values: List[float]) -> float:
-    return sorted(values)[len(values) // 2] if values else float('nan')
 
 
 def _num_classes(model: torch.nn.Module) -> int:
@@ -347,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'\nGFLOPs: {FLOP_CONVENTION}.')
     if roof:
         print(f"\nroof, GMAC/s with {roof['threads']} threads, each kernel the best of at least {roof['calls']} calls "
-              f"and {roof['min_seconds']} s (mmseg_ext.roofline):")
+              f"and {roof['min_seconds']} s (mmseg_ext.benchmark.roofline):")
         print('\n'.join(roof_summary(roof)))
     else:
         print('\nroof: not measured (' + ('--no-roof' if args.no_roof else f'it is measured on the CPU only, not '

@@ -4,9 +4,10 @@ Writes one table with every row (``--out``) and, with ``--family-dir``, one file
 (the config name up to its first ``_``: ``erfnet.md``, ``ocrnet.md``, ``segformer.md``) that the
 family's documentation links to. Every figure in these files comes from the JSON results.
 
-Rows report their achieved GMAC/s and share of their precision's roof (``mmseg_ext.roofline``, measured in
-each run). A run timed with ``--no-flops`` takes its multiply-adds from another run in the same tables of the
-same config, task, input, batch and whole-image test mode (marked ``*``): the count depends on nothing else.
+Rows report their achieved GMAC/s and share of their precision's roof (``mmseg_ext.benchmark.roofline``,
+measured in each run). A run timed with ``--no-flops`` takes its multiply-adds from another run in the same
+tables of the same config, task, input, batch and whole-image test mode (marked ``*``): the count depends on
+nothing else.
 
 Example::
 
@@ -107,12 +108,12 @@ def notes(results: List[dict]) -> List[str]:
         'config\'s optimizer step. Peak memory is what one call adds to the process. "first call" is the '
         'first warm-up call, which includes one-time costs (for `compiled`, the compilation). Allocator '
         '`default` is glibc as it starts; `tuned` keeps freed memory instead of returning it to the system '
-        '(`mmseg_ext.benchmarking.ALLOCATORS`).', '',
+        '(`mmseg_ext.benchmark.allocator`).', '',
         *(f'GFLOPs of one forward: {convention}.' for convention in conventions), '',
         'GMAC/s is a row\'s multiply-adds per call (its GFLOPs) over its median time; % of roof is that rate over '
         'the roof of the row\'s precision (float32; bf16 for the `amp`, `bf16` and `openvino-bf16` steps; int8 for '
         'int8 steps) measured in the same run with its threads: the better of a matrix product and a 3x3 '
-        'convolution (`mmseg_ext.roofline`; below). Training steps have no rate: only their forward\'s '
+        'convolution (`mmseg_ext.benchmark.roofline`; below). Training steps have no rate: only their forward\'s '
         'multiply-adds are counted. `*`: multiply-adds counted by another run of the same config, input and '
         'batch (this one ran with `--no-flops`).', '',
         *roof_notes(results),

@@ -8,7 +8,7 @@ repository config to use with the written checkpoint::
     python tools/test.py "$(python tools/convert_checkpoint.py SRC DST | tail -n 1)" DST
 
 Before writing, the converted tensors are checked against the model the printed config (with the
-``--cfg-options`` the notes name) builds (:mod:`mmseg_ext.weights_check`), so the written file loads
+``--cfg-options`` the notes name) builds (:mod:`mmseg_ext.checkpoint.weights_check`), so the written file loads
 strictly where it is meant to.
 
 Exit status: 0 on success, 2 for a missing, unreadable (not a checkpoint, damaged, unsafe) source, a
@@ -25,11 +25,11 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 import mmseg_ext
-from mmseg_ext.checkpoint_io import check_hf_source_config, read_checkpoint, strip_prefixes, unwrap_state_dict
-from mmseg_ext.converters import CheckpointConverter, ConversionResult, detect_converter, registered_converters
-from mmseg_ext.weights_check import WeightsMismatchError, check_weights
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.reading import check_hf_source_config, read_checkpoint, strip_prefixes, unwrap_state_dict
+from mmseg_ext.checkpoint.weights_check import WeightsMismatchError, check_weights
+from mmseg_ext.converters import (CheckpointConverter, ConversionResult, config_file, detect_converter,
+                                  registered_converters)
 
 
 class ConversionError(Exception):
@@ -40,7 +40,7 @@ def read_source(source: str) -> Dict[str, torch.Tensor]:
     """The tensors of ``source`` keyed by name, unwrapped from ``state_dict``/``model`` entries.
 
     Reads safely (``torch.load(weights_only=True)`` for ``.pth`` files); see
-    :func:`mmseg_ext.checkpoint_io.read_checkpoint` for the formats understood.
+    :func:`mmseg_ext.checkpoint.reading.read_checkpoint` for the formats understood.
     """
     if not osp.exists(source):
         raise ConversionError(f'source checkpoint not found: {source}')
@@ -48,7 +48,8 @@ def read_source(source: str) -> Dict[str, torch.Tensor]:
         check_hf_source_config(source)  # a Hugging Face config.json the repository configs cannot build
         checkpoint = read_checkpoint(source, map_location='cpu')
         state_dict = unwrap_state_dict(checkpoint)
-    # unreadable; not a checkpoint, damaged or unsafe (mmseg_ext.safe_unpickler.CheckpointFileError is a ValueError)
+    # unreadable; not a checkpoint, damaged or unsafe (mmseg_ext.checkpoint.safe_unpickler.CheckpointFileError is
+    # a ValueError)
     except (OSError, RuntimeError, TypeError, ValueError, pickle.UnpicklingError) as error:
         raise ConversionError(f'cannot read {source}: {error}') from None
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
@@ -82,16 +83,13 @@ def choose_converter(state_dict: Mapping[str, torch.Tensor]) -> CheckpointConver
 def check_fits_config(result: ConversionResult) -> None:
     """Build the model of ``result.config`` (with ``result.cfg_options``) and check the converted tensors fit
     it exactly; a mismatch means the converter and the config disagree."""
-    from mmengine.config import Config, DictAction
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    cfg = Config.fromfile(osp.join(REPO, result.config))
+    from mmengine.config import DictAction
+    cfg_options = None
     if result.cfg_options:
         parser = argparse.ArgumentParser()
         parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *result.cfg_options]).cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)  # weights are not initialised: nothing is downloaded
+        cfg_options = parser.parse_args(['--cfg-options', *result.cfg_options]).cfg_options
+    model = build_segmentor(config_file(result.config), cfg_options)  # nothing is downloaded
     try:
         check_weights(model, result.state_dict, f'the converted checkpoint (for {result.config})', partial_flag=None)
     except WeightsMismatchError as error:

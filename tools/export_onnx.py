@@ -23,10 +23,11 @@ import sys
 from mmengine.config import DictAction
 
 import mmseg_ext
+from mmseg_ext.builder import build_segmentor
+from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, load_weights_strict
 from mmseg_ext.deploy import DeployError
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS
-from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, build_segmentor, compare_with_pytorch,
-                                     default_shape, export_segmentor, load_weights_strict)
+from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, compare_with_pytorch, default_shape,
+                                     export_segmentor)
 from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, check_calibration_data, quantize_int8
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         cfg = load_run_config(args.config, cfg_options=args.cfg_options)
         if args.quantize:  # refused before the export, which takes a while
             check_calibration_data(cfg)
-        model = build_segmentor(cfg)
+        model = build_segmentor(cfg).eval()
         checkpoint_meta = load_weights_strict(model, args.checkpoint)
         if args.fuse_conv_bn:
             mmseg_ext.fuse_conv_bn(model)

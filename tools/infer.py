@@ -10,8 +10,8 @@ A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_l
 
 A missing input, an unsupported file type or a folder without images stops the run before the model is
 built (exit status 2), as does a checkpoint that is not one, is damaged or unsafe, or whose weights do not
-fit the config's model (:mod:`mmseg_ext.weights_check`; ``--allow-partial-weights`` runs with the tensors
-that fit). An input that exists but cannot be read or decoded does not stop a batch: it gets one
+fit the config's model (:mod:`mmseg_ext.checkpoint.weights_check`; ``--allow-partial-weights`` runs with the
+tensors that fit). An input that exists but cannot be read or decoded does not stop a batch: it gets one
 ``error:`` line, the others are segmented, the run ends with a list of what failed and exits with status 1.
 A video that stops before the frame count its header declares counts as failed; its frames already
 segmented stay written. An image that fails the preflight's tail check (:func:`mmseg_ext.preflight.check_image_file`:
@@ -38,10 +38,11 @@ from rich.progress import Progress
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
 from mmseg.apis import MMSegInferencer
+from mmseg_ext.checkpoint.weights_check import (CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict,
+                                                log_weights_summary)
 from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, onnx_inferencer
 from mmseg_ext.precision import PRECISIONS, PrecisionError, check_precision, enable_bf16_inference
 from mmseg_ext.preflight import PreflightError, check_image_file
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, check_weights, checkpoint_state_dict, log_weights_summary
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
@@ -151,24 +152,30 @@ class CheckedInferencer(MMSegInferencer):
 
 
 class Segmenter:
-    """Runs the inferencer on BGR arrays and renders the three outputs."""
+    """The three outputs of one BGR image, each as ``MMSegInferencer`` makes it: the label map of its
+    ``postprocess``, and the colour mask (opacity 1) and overlay of its ``visualize`` (without class names).
+
+    This tool only names and writes them: the inferencer's own ``out_dir`` numbers its files
+    (``pred/00000000_pred.png``, ``vis/00000000_vis.jpg``) where the tool's users rely on ``NAME_labels.png``,
+    ``NAME_color.png`` and ``NAME_overlay.png``, and it has no video output.
+    """
 
     def __init__(self, inferencer: MMSegInferencer, opacity: float):
         self.inferencer = inferencer
         self.opacity = opacity
-        palette = inferencer.model.dataset_meta.get('palette') if inferencer.model.dataset_meta else None
-        if palette is None:
-            palette = inferencer.visualizer.dataset_meta['palette']
-        self.palette = np.zeros((256, 3), np.uint8)
-        self.palette[:len(palette)] = np.asarray(palette, np.uint8)
+
+    def _paint(self, rgb: np.ndarray, prediction, opacity: float) -> np.ndarray:
+        """The inferencer's visualisation as BGR (its visualiser draws on the array as RGB)."""
+        (painted, ) = self.inferencer.visualize([rgb], [prediction], return_vis=True, opacity=opacity,
+                                                with_labels=False)
+        return np.ascontiguousarray(painted[:, :, ::-1])
 
     def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(labels, colour BGR, overlay BGR)`` for one BGR image."""
         prediction = self.inferencer(bgr, return_datasamples=True)
-        labels = prediction.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
-        color_bgr = self.palette[labels][:, :, ::-1]
-        overlay = (bgr.astype(np.float32) * (1 - self.opacity) + color_bgr.astype(np.float32) * self.opacity)
-        return labels, np.ascontiguousarray(color_bgr), overlay.round().astype(np.uint8)
+        labels = self.inferencer.postprocess([prediction], None)['predictions'].astype(np.uint8)
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        return labels, self._paint(rgb, prediction, 1.0), self._paint(rgb, prediction, self.opacity)
 
 
 def write_png(path: str, array: np.ndarray) -> None:

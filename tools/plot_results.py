@@ -59,17 +59,8 @@ def _last_val_miou(run_dir: str) -> Optional[float]:
 
 
 def _count_params_m(config_path: str) -> float:
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import mmseg_ext  # noqa: F401
-    from mmseg.registry import MODELS
-    cfg = Config.fromfile(config_path)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = cfg.model
-    if model_cfg.get('backbone', {}).get('init_cfg'):
-        model_cfg.backbone.init_cfg = None  # counting needs no pretrained weights
-    model = MODELS.build(model_cfg)
+    from mmseg_ext.builder import build_segmentor
+    model = build_segmentor(config_path)  # counting needs no pretrained weights: none are read
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 

@@ -4,7 +4,7 @@ Flags and flow follow mmseg 1.x's ``tools/test.py``, plus ``--fuse-conv-bn`` (fo
 before testing, :func:`mmseg_ext.fuse_conv_bn`), ``--precision bf16`` (:mod:`mmseg_ext.precision`) and
 checks of the data root and checkpoint before the runner starts: a file that is not a checkpoint, is
 damaged or unsafe, or whose weights do not fit the config's model stops the run with one line
-(:mod:`mmseg_ext.weights_check`) instead of evaluating a partly random model; ``--allow-partial-weights``
+(:mod:`mmseg_ext.checkpoint.weights_check`) instead of evaluating a partly random model; ``--allow-partial-weights``
 evaluates with the tensors that fit.
 
 Examples::
@@ -37,15 +37,15 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, use_onnx_model
+from mmseg_ext.checkpoint.reading import read_checkpoint_file
+from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
 from mmseg_ext.compat import start_cpu_process_group
+from mmseg_ext.deploy import RUNTIMES, DeployError, check_runtime_choice, is_onnx_file, use_onnx_model
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.precision import PRECISIONS, PrecisionError, check_precision, enable_bf16_inference
 from mmseg_ext.preflight import PreflightError, check_datasets
-from mmseg_ext.weights_check import CHECKPOINT_ERRORS, apply_weights, log_weights_summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
         if not args.no_preflight:
             check_datasets(cfg, phases=('test', ))
         # unreadable checkpoints stop here, before the runner is built
-        checkpoint = None if onnx else _load_checkpoint(args.checkpoint, map_location='cpu')
+        checkpoint = None if onnx else read_checkpoint_file(args.checkpoint, map_location='cpu')
     except (PreflightError, PrecisionError, DeployError, *CHECKPOINT_ERRORS) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -2,12 +2,12 @@
 
 Flags and flow follow mmseg 1.x's ``tools/train.py``; in addition ``--resume`` takes an optional path,
 the data roots and files are checked before the runner starts, and checkpoints load safely on
-torch >= 2.6 (see :mod:`mmseg_ext.safe_unpickler`). ``--resume`` without a path continues from the newest
+torch >= 2.6 (see :mod:`mmseg_ext.checkpoint.safe_unpickler`). ``--resume`` without a path continues from the newest
 intact checkpoint, skipping one a kill cut short; a full disk while saving stops the run with one line
-(:mod:`mmseg_ext.atomic_checkpoint`). ``load_from`` and ``--resume`` keep mmengine's
+(:mod:`mmseg_ext.checkpoint.atomic_save`). ``load_from`` and ``--resume`` keep mmengine's
 non-strict loading, but the checkpoint is read first: a file that is not a checkpoint, is damaged or is
 unsafe stops the run with one line, and how its weights fit the model is logged
-(:mod:`mmseg_ext.weights_check`).
+(:mod:`mmseg_ext.checkpoint.weights_check`).
 
 Examples::
 
@@ -31,15 +31,15 @@ if 'OMP_WAIT_POLICY' not in os.environ and 'GOMP_SPINCOUNT' not in os.environ:
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner, find_latest_checkpoint
-from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmseg_ext  # noqa: F401  (safe checkpoint loading, plugin registry)
-from mmseg_ext.atomic_checkpoint import CheckpointDiskFullError, find_resumable_checkpoint
+from mmseg_ext.checkpoint.atomic_save import CheckpointDiskFullError, find_resumable_checkpoint
+from mmseg_ext.checkpoint.reading import read_checkpoint_file
+from mmseg_ext.checkpoint.safe_unpickler import CheckpointFileError, DamagedCheckpointError
+from mmseg_ext.checkpoint.weights_check import check_weights, log_weights_summary
 from mmseg_ext.compat import start_cpu_process_group
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError, check_datasets
-from mmseg_ext.safe_unpickler import CheckpointFileError, DamagedCheckpointError
-from mmseg_ext.weights_check import check_weights, log_weights_summary
 from mmseg.registry import RUNNERS
 
 
@@ -182,7 +182,7 @@ def report_starting_weights(runner: Runner, cfg: Config) -> None:
         path = find_latest_checkpoint(cfg.work_dir)
     if not path:
         return
-    checkpoint = _load_checkpoint(path, map_location='cpu')
+    checkpoint = read_checkpoint_file(path, map_location='cpu')
     log_weights_summary(check_weights(runner.model, checkpoint, path, allow_partial=True))
 
 

@@ -5,17 +5,44 @@ models. ``tools/convert_checkpoint.py`` tries every registered converter and ref
 none or several, so adding a family means adding one module that calls :func:`register_converter`.
 """
 import importlib
+import os.path as osp
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
 import torch
 
-from mmseg_ext.checkpoint_io import sample_keys
+from mmseg_ext.checkpoint.reading import sample_keys
 from mmseg_ext.errors import InvalidArgumentError
 
 __all__ = ['CheckpointConverter', 'ConversionResult', 'register_converter', 'registered_converters',
-           'detect_converter']
+           'detect_converter', 'config_reference', 'config_file']
+
+# The folder holding the package: a checkout of the repository, or site-packages.
+_PACKAGE_PARENT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+_PACKAGE = osp.basename(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def config_reference(relative: str) -> str:
+    """How the tools name the plugin config ``relative`` (its path under ``configs/``, e.g.
+    ``'erfnet/x.py'``): ``configs/<relative>`` when the package runs from a checkout of its repository that has
+    the file (the tools run from its root), else ``mmseg_ext::<relative>``, the copy installed with the
+    package. Every tool reads both forms; :func:`config_file` gives the file."""
+    if osp.isfile(osp.join(_PACKAGE_PARENT, 'configs', relative)):
+        return f'configs/{relative}'
+    return f'{_PACKAGE}::{relative}'
+
+
+def config_file(reference: str) -> str:
+    """The file a :func:`config_reference` names, wherever the tool runs from.
+
+    Raises:
+        PreflightError: the package is installed without that config.
+    """
+    if '::' in reference:
+        from mmseg_ext.preflight import check_config_path
+        return check_config_path(reference)
+    return osp.join(_PACKAGE_PARENT, reference)
 
 
 @dataclass
@@ -24,7 +51,8 @@ class ConversionResult:
 
     Attributes:
         state_dict: Keys and tensors for the segmentor built from ``config``.
-        config: Repository path of the config that builds the matching model (printed last by the CLI).
+        config: The config that builds the matching model, as the tools name it (:func:`config_reference`;
+            printed last by the CLI).
         notes: Human-readable remarks printed by the CLI (class count handling, dropped keys, ...).
         cfg_options: ``--cfg-options`` (``key=value``) ``config`` needs to build this network, if any
             (the notes name them too); the CLI builds the model with them to check the converted weights.

@@ -5,10 +5,10 @@ classifier ``output_conv`` 128->classes) plus ``decoder`` (``layers.0-5`` and ``
 2x2 stride-2 transposed conv to full-resolution logits); checkpoints saved from ``nn.DataParallel``
 prefix every key with ``module.`` (stripped by the CLI). Two kinds are recognised:
 
-* the full network (``erfnet_pretrained.pth``, ``model_best.pth``): converted for
-  ``configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py``;
+* the full network (``erfnet_pretrained.pth``, ``model_best.pth``): converted for the config
+  ``erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py``;
 * the encoder-stage network (``model_encoder_best.pth``, no ``decoder.*`` keys): converted for
-  ``configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py``.
+  ``erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py``.
 
 The released Cityscapes model has 20 outputs: train ids 0-18 and 19 standing for the ignored label
 (weight 0 in the authors' loss). The extra output is dropped, leaving the 19 Cityscapes classes, so
@@ -18,13 +18,13 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES, sample_keys
-from .base import CheckpointConverter, ConversionResult, register_converter
+from mmseg_ext.checkpoint.reading import BN_STATE_ENTRIES, sample_keys
+from .base import CheckpointConverter, ConversionResult, config_reference, register_converter
 
 __all__ = ['ERFNetAuthorsConverter', 'authors_erfnet_layout']
 
-FULL_CONFIG = 'configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py'
-ENCODER_CONFIG = 'configs/erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py'
+FULL_CONFIG = config_reference('erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py')
+ENCODER_CONFIG = config_reference('erfnet/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py')
 CITYSCAPES_CLASSES = 19
 IGNORED_LABEL_OUTPUTS = CITYSCAPES_CLASSES + 1
 

@@ -22,12 +22,12 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
-from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES
-from .base import CheckpointConverter, ConversionResult, register_converter
+from mmseg_ext.checkpoint.reading import BN_STATE_ENTRIES
+from .base import CheckpointConverter, ConversionResult, config_reference, register_converter
 
 __all__ = ['HRNetOCRConverter', 'HRNetOCRArchitecture', 'AUTHORS_CONFIG']
 
-AUTHORS_CONFIG = 'configs/ocrnet/ocrnet_hr48-authors_4xb3-120k_cityscapes-512x1024.py'
+AUTHORS_CONFIG = config_reference('ocrnet/ocrnet_hr48-authors_4xb3-120k_cityscapes-512x1024.py')
 
 _BACKBONE_PREFIXES = ('conv1.', 'bn1.', 'conv2.', 'bn2.', 'layer1.', 'transition1.', 'transition2.',
                       'transition3.', 'stage2.', 'stage3.', 'stage4.')

@@ -1,6 +1,6 @@
 """SegFormer segmentation checkpoints of the NVlabs code and of Hugging Face ``transformers``.
 
-Layouts (decoder part; the encoder layouts are in :mod:`mmseg_ext.converters.mit_layouts`)::
+Layouts (decoder part; the encoder layouts are in :mod:`mmseg_ext.checkpoint.mit_layouts`)::
 
     NVlabs (mmseg 0.x based), under ``state_dict``:
         backbone.patch_embed{1-4}.* backbone.block{1-4}.* backbone.norm{1-4}.*   MiT encoder
@@ -14,76 +14,44 @@ Layouts (decoder part; the encoder layouts are in :mod:`mmseg_ext.converters.mit
 
 Both decoders concatenate the projected stages in the order c4, c3, c2, c1. Target: ``EncoderDecoder``
 with ``mmseg_ext.MixVisionTransformer`` and ``mmseg_ext.SegformerHead(head_style='official')``,
-built by ``configs/segformer/segformer-official_mit-b{0-5}_*.py``.
+built by the configs ``segformer/segformer-official_mit-b{0-5}_*.py``.
 
 The variant (B0-B5), decoder width and class count are read from the tensor shapes. The number of
 attention heads is not visible in the weights: every published SegFormer uses ``[1, 2, 5, 8]``, which
 the configs use; a Hugging Face ``config.json`` that says otherwise is refused when the directory is
 read (see :func:`check_hf_segformer_config`).
 """
-import re
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from torch import Tensor
 
-from mmseg_ext.checkpoint_io import BN_STATE_ENTRIES, register_hf_config_check
+from mmseg_ext.checkpoint.mit_layouts import EncoderExtraction, extract_mit_encoder, linear_to_conv1x1
+from mmseg_ext.checkpoint.reading import BN_STATE_ENTRIES, register_hf_config_check
 from mmseg_ext.errors import InvalidArgumentError
-from mmseg_ext.models.backbones.mit import MIT_ARCH_SETTINGS
-from mmseg_ext.converters.mit_layouts import EncoderExtraction, extract_mit_encoder, linear_to_conv1x1
-from .base import CheckpointConverter, ConversionResult, register_converter
+from mmseg_ext.mit_arch import (MIT_ARCH_SETTINGS, PUBLISHED_MLP_RATIOS, PUBLISHED_PATCH_SIZES, PUBLISHED_SR_RATIOS,
+                                PUBLISHED_STRIDES, infer_mit_arch)
+from .base import CheckpointConverter, ConversionResult, config_reference, register_converter
 
-__all__ = ['SegformerNVlabsConverter', 'SegformerHFConverter', 'infer_mit_arch', 'official_config',
+__all__ = ['SegformerNVlabsConverter', 'SegformerHFConverter', 'official_config',
            'check_hf_segformer_config', 'OFFICIAL_DECODER_CHANNELS', 'DATASET_CONFIGS']
 
 #: Decoder width of the official configs (NVlabs: 256 for B0/B1, 768 for B2-B5).
 OFFICIAL_DECODER_CHANNELS = {'b0': 256, 'b1': 256, 'b2': 768, 'b3': 768, 'b4': 768, 'b5': 768}
 #: Class count -> (dataset, config suffix) of the official-decoder configs.
 DATASET_CONFIGS = {19: ('Cityscapes', '8xb1-160k_cityscapes-1024x1024'), 150: ('ADE20K', '8xb2-160k_ade20k-512x512')}
-_PUBLISHED = dict(num_attention_heads=[1, 2, 5, 8], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
-                  sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4], num_channels=3, num_encoder_blocks=4,
+_PUBLISHED = dict(num_attention_heads=[1, 2, 5, 8], patch_sizes=PUBLISHED_PATCH_SIZES, strides=PUBLISHED_STRIDES,
+                  sr_ratios=PUBLISHED_SR_RATIOS, mlp_ratios=PUBLISHED_MLP_RATIOS, num_channels=3, num_encoder_blocks=4,
                   hidden_act='gelu')
 
 
 def official_config(arch: str, num_classes: int) -> str:
-    """Repository path of the official-decoder config for MiT-``arch`` and ``num_classes`` classes."""
+    """The official-decoder config for MiT-``arch`` and ``num_classes`` classes, as the tools name it."""
     if num_classes not in DATASET_CONFIGS:
         known = ', '.join(f'{count} ({name})' for count, (name, _) in DATASET_CONFIGS.items())
         raise InvalidArgumentError(f'the classifier has {num_classes} classes; the repository has official-decoder '
                                    f'configs for {known} classes only')
-    return f'configs/segformer/segformer-official_mit-{arch}_{DATASET_CONFIGS[num_classes][1]}.py'
-
-
-def infer_mit_arch(encoder: Mapping[str, Tensor]) -> str:
-    """The published variant (``'b0'`` ... ``'b5'``) of an encoder state dict in mmseg's layout.
-
-    Raises:
-        ValueError: if the widths, depths, kernel sizes, reduction ratios or MLP ratio are not those of a
-            published variant (the configs could not rebuild the network).
-    """
-    stages = sorted({int(match[1]) for key in encoder for match in [re.match(r'layers\.(\d+)\.', key)] if match})
-    widths, depths, kernels, reductions, mlp_ratios = [], [], [], [], []
-    for stage in stages:
-        projection = encoder[f'layers.{stage}.0.projection.weight']
-        widths.append(projection.shape[0])
-        kernels.append(projection.shape[-1])
-        blocks = {int(match[1]) for key in encoder
-                  for match in [re.match(rf'layers\.{stage}\.1\.(\d+)\.', key)] if match}
-        depths.append(len(blocks))
-        sr_weight = encoder.get(f'layers.{stage}.1.0.attn.sr.weight')
-        reductions.append(1 if sr_weight is None else sr_weight.shape[-1])
-        fc1 = encoder.get(f'layers.{stage}.1.0.ffn.layers.0.weight')
-        mlp_ratios.append(None if fc1 is None else fc1.shape[0] // projection.shape[0])
-    found = dict(hidden_sizes=widths, depths=depths, patch_sizes=kernels, sr_ratios=reductions,
-                 mlp_ratios=mlp_ratios)
-    for arch, settings in MIT_ARCH_SETTINGS.items():
-        expected = dict(hidden_sizes=[settings['embed_dims'] * heads for heads in settings['num_heads']],
-                        depths=list(settings['num_layers']), patch_sizes=_PUBLISHED['patch_sizes'],
-                        sr_ratios=_PUBLISHED['sr_ratios'], mlp_ratios=_PUBLISHED['mlp_ratios'])
-        if found == expected:
-            return arch
-    raise ValueError(f'the encoder is not a published MiT variant (found {found}); the repository configs '
-                     f'build MiT-B0..B5 only')
+    return config_reference(f'segformer/segformer-official_mit-{arch}_{DATASET_CONFIGS[num_classes][1]}.py')
 
 
 def check_hf_segformer_config(config: Mapping[str, Any]) -> None:

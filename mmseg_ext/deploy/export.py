@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from mmseg_ext.compat import traceable_upsampling
+from mmseg_ext.preflight import leaf_datasets
 from .metadata import INPUT_NAME, METADATA_KEY, DeployError, DeployMetadata
 
-__all__ = ['DeployableSegmentor', 'build_segmentor', 'load_weights_strict', 'dataset_meta', 'default_shape',
+__all__ = ['DeployableSegmentor', 'dataset_meta', 'default_shape',
            'export_onnx', 'compare_with_pytorch', 'write_metadata', 'OUTPUTS']
 
 OUTPUTS = ('logits', 'labels')
@@ -60,42 +61,13 @@ class DeployableSegmentor(nn.Module):
         return logits
 
 
-def build_segmentor(cfg: Config) -> nn.Module:
-    """The config's segmentor in eval mode, in the config's default scope (see
-    :func:`mmseg_ext.launch.build_segmentor`: no pretrained weights are read, SyncBN becomes BN)."""
-    from mmengine.registry import init_default_scope
-
-    from mmseg_ext.launch import build_segmentor as build_model
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    return build_model(cfg.model).eval()
-
-
-def load_weights_strict(model: nn.Module, checkpoint: str) -> Dict[str, Any]:
-    """Load ``checkpoint`` into ``model`` through the plugin's weights check (every tensor must fit);
-    returns the checkpoint's ``meta``.
-
-    Raises:
-        CheckpointFileError: not a checkpoint, damaged or unsafe (:mod:`mmseg_ext.safe_unpickler`).
-        FileNotFoundError: ``checkpoint`` does not exist.
-        WeightsMismatchError: naming the missing, unexpected and mis-shaped tensors and the likely cause.
-    """
-    from mmengine.runner.checkpoint import _load_checkpoint
-
-    from mmseg_ext.weights_check import apply_weights
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
-    apply_weights(model, loaded, checkpoint, partial_flag=None)
-    return (loaded.get('meta') if isinstance(loaded, dict) else None) or {}
-
-
 def dataset_meta(cfg: Config, checkpoint_meta: Optional[dict] = None) -> Dict[str, list]:
     """Class names and palette: the checkpoint's ``dataset_meta`` if it has one, else the test dataset's."""
     meta = (checkpoint_meta or {}).get('dataset_meta') or {}
     if meta.get('classes') and meta.get('palette'):
         return dict(classes=list(meta['classes']), palette=[list(map(int, c)) for c in meta['palette']])
     from mmseg.registry import DATASETS
-    dataset_cfg = (cfg.get('test_dataloader') or {}).get('dataset') or {}
-    while 'dataset' in dataset_cfg:  # RepeatDataset and similar wrappers
-        dataset_cfg = dataset_cfg['dataset']
+    dataset_cfg, _ = next(leaf_datasets((cfg.get('test_dataloader') or {}).get('dataset') or {}))
     info: Dict[str, Any] = {}
     dataset_cls = DATASETS.get(dataset_cfg['type']) if dataset_cfg.get('type') else None
     if dataset_cls is not None:

@@ -45,6 +45,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from mmengine.config import Config
 
+from mmseg_ext.preflight import leaf_datasets
 from .metadata import INPUT_NAME, DeployError, DeployMetadata
 from .segmentor import slide_windows
 
@@ -69,14 +70,11 @@ class CalibrationDataMissing(DeployError):
 
 
 def _train_dataset_cfg(cfg: Config) -> Tuple[dict, str]:
-    """The innermost train dataset config (through RepeatDataset-like wrappers) and its --cfg-options key."""
+    """The (first) train dataset config inside its wrappers, and its --cfg-options key."""
     dataset_cfg = copy.deepcopy((cfg.get('train_dataloader') or {}).get('dataset'))
     if not dataset_cfg:
         raise DeployError('the config has no train_dataloader.dataset to calibrate int8 quantisation on')
-    key = 'train_dataloader.dataset'
-    while 'dataset' in dataset_cfg:
-        dataset_cfg, key = dataset_cfg['dataset'], key + '.dataset'
-    return dataset_cfg, key
+    return next(leaf_datasets(dataset_cfg, 'train_dataloader.dataset'))
 
 
 def _train_dataset_with_test_pipeline(cfg: Config):

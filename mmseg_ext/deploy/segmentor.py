@@ -1,16 +1,17 @@
 """An mmseg segmentor that runs an exported ONNX file (with ONNX Runtime or OpenVINO), so mmengine's runner,
 mmseg's evaluators, the visualiser and ``MMSegInferencer`` use it as they use the PyTorch model.
 
-``predict`` reproduces :class:`mmseg.models.EncoderDecoder`: the same ``whole`` and ``slide`` inference
-(window grid, summing and counting of overlapping logits) around the graph, which replaces
-``encode_decode``, and mmseg's own ``postprocess_result`` (padding removed, flip undone, bilinear resize
-to the original size, argmax).
+The segmentor is mmseg's :class:`~mmseg.models.EncoderDecoder` with the graph as its ``encode_decode``: its
+``predict``, ``whole`` and ``slide`` inference (mmseg's window grid, summing and counting of overlapping
+logits) and ``postprocess_result`` (padding removed, flip undone, bilinear resize to the original size,
+argmax) are mmseg's own.
 """
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, ConfigDict
 from mmseg.models.data_preprocessor import SegDataPreProcessor
+from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from torch import Tensor
 
@@ -25,7 +26,9 @@ __all__ = ['ONNXRuntimeSegmentor', 'RawSegDataPreProcessor', 'slide_windows', 'o
 
 def slide_windows(height: int, width: int, crop: Sequence[int],
                   stride: Sequence[int]) -> Iterator[Tuple[int, int, int, int]]:
-    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows over an image of ``height`` x ``width``."""
+    """``(y1, y2, x1, x2)`` of mmseg's ``slide_inference`` windows over an image of ``height`` x ``width``,
+    for what needs the grid without running it (int8 calibration on windows, the benchmark's FLOPs per input
+    and its exported graph's input size); every window is ``min(crop, side)`` along each side."""
     (h_crop, w_crop), (h_stride, w_stride) = crop, stride
     h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
@@ -80,9 +83,9 @@ class RawSegDataPreProcessor(SegDataPreProcessor):
 
 
 @MODELS.register_module()
-class ONNXRuntimeSegmentor(BaseSegmentor):
+class ONNXRuntimeSegmentor(EncoderDecoder):
     """Runs a file written by ``tools/export_onnx.py`` with ONNX Runtime (default) or OpenVINO; predicts
-    like ``EncoderDecoder``.
+    as ``EncoderDecoder`` does, with the graph as its ``encode_decode``.
 
     Args:
         onnx_file: the exported graph (its metadata gives classes, palette and the exported test mode).
@@ -96,7 +99,8 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
     def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None, test_cfg: Optional[dict] = None,
                  threads: Optional[int] = None, runtime: str = 'onnxruntime', precision: str = 'float32',
                  init_cfg: Optional[dict] = None):
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        # EncoderDecoder's own __init__ builds a backbone and heads; the graph replaces them.
+        BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.session = open_session(onnx_file, runtime, threads=threads, precision=precision)
         meta = self.session.meta
         if meta.output != 'logits':
@@ -105,7 +109,7 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
         if test_cfg is None:
             test_cfg = dict(mode=meta.mode, crop_size=meta.crop_size, stride=meta.stride)
         self.test_cfg = ConfigDict(test_cfg)
-        mode = self.test_cfg.get('mode', 'whole')
+        mode = self.test_cfg.setdefault('mode', 'whole')  # EncoderDecoder.inference reads test_cfg.mode
         if mode not in ('whole', 'slide'):
             raise DeployError(f'test mode must be "whole" or "slide", got {mode!r}')
         if mode == 'slide' and meta.shape is not None and tuple(self.test_cfg.crop_size) != tuple(meta.shape):
@@ -129,30 +133,6 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
 
     def _forward(self, inputs: Tensor, data_samples=None) -> Tensor:
         return self.encode_decode(inputs, [])
-
-    def predict(self, inputs: Tensor, data_samples=None):
-        if data_samples is not None:
-            batch_img_metas = [sample.metainfo for sample in data_samples]
-        else:
-            shape = inputs.shape[2:]
-            batch_img_metas = [dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])
-                               ] * inputs.shape[0]
-        return self.postprocess_result(self.inference(inputs, batch_img_metas), data_samples)
-
-    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        if self.test_cfg.get('mode', 'whole') == 'slide':
-            return self.slide_inference(inputs, batch_img_metas)
-        return self.encode_decode(inputs, batch_img_metas)
-
-    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
-        """mmseg's sliding window: logits of overlapping windows summed, divided by the overlap count."""
-        batch_size, _, height, width = inputs.shape
-        preds = inputs.new_zeros((batch_size, self.out_channels, height, width))
-        count = inputs.new_zeros((batch_size, 1, height, width))
-        for y1, y2, x1, x2 in slide_windows(height, width, self.test_cfg.crop_size, self.test_cfg.stride):
-            preds[:, :, y1:y2, x1:x2] += self.encode_decode(inputs[:, :, y1:y2, x1:x2], batch_img_metas)
-            count[:, :, y1:y2, x1:x2] += 1
-        return preds / count
 
 
 def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = None, runtime: str = 'onnxruntime',

@@ -30,23 +30,14 @@ from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init, update_init_info
 from torch import Tensor, nn
 
+from mmseg_ext.checkpoint.mit_pretrained import load_mit_pretrained
 from mmseg_ext.errors import InvalidArgumentError
+from mmseg_ext.mit_arch import MIT_ARCH_SETTINGS
 from mmseg_ext.registry import MODELS
-from mmseg_ext.models.utils.mit_pretrained import load_mit_pretrained
 
-__all__ = ['MixVisionTransformer', 'MIT_ARCH_SETTINGS', 'cpu_backward_query_splits', 'EfficientSelfAttention',
+__all__ = ['MixVisionTransformer', 'cpu_backward_query_splits', 'EfficientSelfAttention',
            'MixFFN', 'MixTransformerBlock', 'EfficientMultiheadAttention', 'TransformerEncoderLayer']
 
-#: The published MiT variants (SegFormer paper, Table 6). Every variant uses patch sizes (7, 3, 3, 3),
-#: strides (4, 2, 2, 2), reduction ratios (8, 4, 2, 1) and MLP ratio 4, which are the constructor defaults.
-MIT_ARCH_SETTINGS: Dict[str, Dict[str, Union[int, List[int]]]] = {
-    'b0': dict(embed_dims=32, num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8]),
-    'b1': dict(embed_dims=64, num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8]),
-    'b2': dict(embed_dims=64, num_layers=[3, 4, 6, 3], num_heads=[1, 2, 5, 8]),
-    'b3': dict(embed_dims=64, num_layers=[3, 4, 18, 3], num_heads=[1, 2, 5, 8]),
-    'b4': dict(embed_dims=64, num_layers=[3, 8, 27, 3], num_heads=[1, 2, 5, 8]),
-    'b5': dict(embed_dims=64, num_layers=[3, 6, 40, 3], num_heads=[1, 2, 5, 8]),
-}
 # mmseg's constructor defaults, used when no ``arch`` is given.
 _MMSEG_DEFAULTS: Dict[str, Union[int, List[int]]] = dict(embed_dims=64, num_layers=[3, 4, 6, 3],
                                                           num_heads=[1, 2, 4, 8])

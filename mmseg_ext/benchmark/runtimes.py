@@ -1,6 +1,7 @@
 """The exported model as variants of ``tools/benchmark.py``: ``onnxruntime`` (float32), ``onnxruntime-int8``
 (static int8, calibrated on the config's train split), and the same float32 file in OpenVINO,
-``openvino`` (float32) and ``openvino-bf16`` (bf16 inference precision, refused on a CPU without bf16).
+``openvino`` (float32) and ``openvino-bf16`` (bf16 inference precision, refused on a CPU without bf16),
+registered in :data:`.variants.VARIANT_STEPS` when :mod:`mmseg_ext.benchmark` is imported.
 
 Each exports a static graph of exactly the input it is timed on: the benchmark's ``--shape`` in whole
 mode, the sliding window in slide mode (:func:`graph_input`).
@@ -19,11 +20,14 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmseg_ext.benchmarking import Subject, VariantContext, register_variant_step
+from mmseg_ext.deploy.export import export_segmentor
+from mmseg_ext.deploy.runtime import _import_openvino, require_openvino_bf16
+from mmseg_ext.deploy.segmentor import RawSegDataPreProcessor, slide_windows
 from mmseg_ext.folding import fuse_conv_bn
+from mmseg_ext.registry import MODELS
 
-from .export import export_segmentor
-from .runtime import _import_openvino, require_openvino_bf16
+from .tasks import image_metas
+from .variants import Subject, VariantContext, register_variant_step
 
 __all__ = ['OnnxRuntimeVariant', 'graph_input']
 
@@ -39,7 +43,8 @@ def graph_input(test_cfg: dict, shape: Tuple[int, int]) -> Tuple[Tuple[int, int]
     test_cfg = dict(test_cfg)
     if test_cfg.get('mode', 'whole') != 'slide':
         return tuple(shape), test_cfg
-    window = tuple(min(crop, side) for crop, side in zip(test_cfg['crop_size'], shape))
+    y1, y2, x1, x2 = next(slide_windows(*shape, test_cfg['crop_size'], test_cfg['stride']))
+    window = (y2 - y1, x2 - x1)  # every window has this size
     test_cfg['crop_size'] = window
     return window, test_cfg
 
@@ -68,7 +73,7 @@ class OnnxRuntimeVariant:
         export_segmentor(model, cfg, self.path, graph_shape, dynamic=False, fused_conv_bn=True)
         self.row_fields: dict = {}  # extra fields of this variant's benchmark row
         if quantize_cfg is not None:
-            from .quantize import benchmark_calibration_config, quantize_int8
+            from mmseg_ext.deploy.quantize import benchmark_calibration_config, quantize_int8
             calibration_cfg, source = benchmark_calibration_config(quantize_cfg, self._directory.name,
                                                                    calibration_images)
             print(f'[benchmark] int8 calibration on {calibration_images} images of {source}', file=sys.stderr)
@@ -76,9 +81,6 @@ class OnnxRuntimeVariant:
             quantize_int8(self.path, quantized, calibration_cfg, calibration_images, calibration=source)
             self.path = quantized
             self.row_fields['calibration'] = source
-        from mmseg_ext.registry import MODELS
-
-        from .segmentor import RawSegDataPreProcessor
         self.segmentor = MODELS.build(dict(
             type='mmseg_ext.ONNXRuntimeSegmentor', onnx_file=self.path, threads=threads, runtime=runtime,
             precision=precision, data_preprocessor=RawSegDataPreProcessor.from_config(cfg.model.data_preprocessor),
@@ -100,9 +102,7 @@ class OnnxRuntimeVariant:
         if self._raw is None or self._raw[0] is not normalised:
             self._raw = (normalised, self.raw_images(normalised))
         images = self._raw[1]
-        height, width = images.shape[-2:]
-        metas = [dict(ori_shape=(height, width), img_shape=(height, width), pad_shape=(height, width))] * len(images)
-        return self.segmentor.inference(images, metas)
+        return self.segmentor.inference(images, image_metas(images))
 
 
 def _runtime_step(quantize: bool, runtime: str = 'onnxruntime', precision: str = 'float32'):

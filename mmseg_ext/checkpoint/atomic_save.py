@@ -247,7 +247,7 @@ def find_resumable_checkpoint(work_dir: str,
     The candidates are the file ``last_checkpoint`` names and the files named like CheckpointHook's defaults
     (``iter_N.pth``, ``epoch_N.pth``) in the work dir and in the folder ``last_checkpoint`` points into;
     the newest (modification time, then step) whose zip structure and CRC-32 checks are intact is chosen
-    (:func:`mmseg_ext.safe_unpickler.diagnose_file`). Whether it is safe to unpickle is left to the loader.
+    (:func:`mmseg_ext.checkpoint.safe_unpickler.diagnose_file`). Whether it is safe to unpickle is left to the loader.
 
     Returns:
         ``(checkpoint or None, skipped, removed)``: ``skipped`` has one line per newer file that is damaged

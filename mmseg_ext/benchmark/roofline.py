@@ -4,7 +4,7 @@ The roof of a precision is the better of two dense kernels timed in the benchmar
 torch threads: a square matrix product and a 3x3 convolution (as many channels out as in, channels-last,
 batch 1), each the best of a few calls. A segmentation network is mostly such layers plus memory-bound
 work (norms, activations, resizes), so its rate over the roof says how much of the machine a path uses.
-Rates are multiply-adds per second (GMAC/s), the unit ``mmseg_ext.benchmarking.count_flops`` counts in
+Rates are multiply-adds per second (GMAC/s), the unit ``mmseg_ext.benchmark.flops.count_flops`` counts in
 (one multiply-add is one FLOP by the papers' convention), so a row's achieved rate is its GFLOPs over its
 median seconds.
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ['read_checkpoint', 'read_state_dict', 'read_hf_config', 'unwrap_state_dict', 'strip_prefixes',
-           'sample_keys', 'is_hf_model_dir', 'register_hf_config_check', 'check_hf_source_config',
+__all__ = ['read_checkpoint', 'read_checkpoint_file', 'read_state_dict', 'read_hf_config', 'unwrap_state_dict',
+           'strip_prefixes', 'sample_keys', 'is_hf_model_dir', 'register_hf_config_check', 'check_hf_source_config',
            'BN_STATE_ENTRIES']
 
 #: The state-dict entries of a ``BatchNorm`` module, in PyTorch's order.
@@ -61,7 +61,9 @@ def _read_safetensors(path: str, map_location: str) -> Dict[str, torch.Tensor]:
     return load_file(path, device=str(map_location or 'cpu'))
 
 
-def _read_torch_file(path: str, map_location: Optional[str]) -> Any:
+def read_checkpoint_file(path: str, map_location: Optional[str] = 'cpu') -> Any:
+    """What a ``.pth``-style file or URL holds, read as mmengine's runner reads it (``CheckpointLoader``; local
+    files go through :mod:`mmseg_ext.checkpoint.safe_unpickler`, see :mod:`mmseg_ext.compat`)."""
     from mmengine.runner import CheckpointLoader
     return CheckpointLoader.load_checkpoint(path, map_location=map_location)
 
@@ -80,7 +82,7 @@ def _read_hf_dir(directory: str, map_location: str) -> Dict[str, torch.Tensor]:
         return state_dict
     binary = osp.join(directory, 'pytorch_model.bin')
     if osp.isfile(binary):
-        return _read_torch_file(binary, map_location)
+        return read_checkpoint_file(binary, map_location)
     raise FileNotFoundError(f'{directory} has none of the Hugging Face weight files {", ".join(_HF_WEIGHT_FILES)}')
 
 
@@ -102,7 +104,7 @@ def read_checkpoint(source: str, map_location: Optional[str] = 'cpu') -> Any:
         return _read_hf_dir(source, map_location)
     if source.endswith('.safetensors'):
         return _read_safetensors(source, map_location)
-    return _read_torch_file(source, map_location)
+    return read_checkpoint_file(source, map_location)
 
 
 def check_hf_source_config(source: str) -> None:

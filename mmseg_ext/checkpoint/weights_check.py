@@ -9,7 +9,7 @@ MiT variant, another class count, a backbone-only file, a published layout that
 ``tools/convert_checkpoint.py`` converts). ``allow_partial=True`` loads what fits, for those who mean it.
 
 Reading the file goes through mmengine's loader, so unreadable files raise
-:class:`mmseg_ext.safe_unpickler.CheckpointFileError` (not a checkpoint, damaged, unsafe). Tools catch
+:class:`mmseg_ext.checkpoint.safe_unpickler.CheckpointFileError` (not a checkpoint, damaged, unsafe). Tools catch
 :data:`CHECKPOINT_ERRORS` and print the message as one line.
 """
 import logging
@@ -21,13 +21,15 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+from mmengine.runner import load_state_dict
 
-from .checkpoint_io import strip_prefixes, unwrap_state_dict
+from ..mit_arch import infer_mit_arch
+from .reading import read_checkpoint_file, strip_prefixes, unwrap_state_dict
 from .safe_unpickler import CheckpointFileError
 
 __all__ = ['WeightsMismatchError', 'WeightsSummary', 'CHECKPOINT_ERRORS', 'checkpoint_state_dict', 'compare_weights',
-           'check_weights', 'apply_weights', 'load_weights', 'log_weights_summary', 'model_to_load']
+           'check_weights', 'apply_weights', 'load_weights', 'load_weights_strict', 'log_weights_summary',
+           'model_to_load']
 
 #: How many keys of each kind a message names.
 EXAMPLES = 3
@@ -112,7 +114,7 @@ def model_to_load(model: nn.Module) -> nn.Module:
 
 def checkpoint_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
     """The tensors of a loaded checkpoint, unwrapped as every entry point of the plugin unwraps them
-    (:func:`mmseg_ext.checkpoint_io.unwrap_state_dict` and ``strip_prefixes``: a ``state_dict``/``model``
+    (:func:`mmseg_ext.checkpoint.reading.unwrap_state_dict` and ``strip_prefixes``: a ``state_dict``/``model``
     entry, ``module.`` and ``model.`` wrapper prefixes)."""
     if not isinstance(checkpoint, Mapping):
         raise WeightsMismatchError(f'the checkpoint holds a {type(checkpoint).__name__}, not a dict of weights')
@@ -169,7 +171,7 @@ def apply_weights(model: nn.Module, checkpoint: Any, source: str = 'the checkpoi
     state_dict = checkpoint_state_dict(checkpoint)
     summary = _checked(model, state_dict, source, allow_partial, partial_flag)
     # strict=False also with a full fit: BatchNorm counters may be absent from older files.
-    _load_checkpoint_to_model(model_to_load(model), {'state_dict': state_dict}, strict=False)
+    load_state_dict(model_to_load(model), state_dict, strict=False)
     return summary
 
 
@@ -189,7 +191,22 @@ def load_weights(model: nn.Module, path: str, allow_partial: bool = False, map_l
         FileNotFoundError: ``path`` does not exist.
         WeightsMismatchError: the weights do not fit and ``allow_partial`` is False.
     """
-    return apply_weights(model, _load_checkpoint(path, map_location=map_location), path, allow_partial, partial_flag)
+    return apply_weights(model, read_checkpoint_file(path, map_location=map_location), path, allow_partial,
+                         partial_flag)
+
+
+def load_weights_strict(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model`` only if every tensor fits (no partial load is offered);
+    returns the checkpoint's ``meta`` (empty if it has none), for callers that record where weights came from.
+
+    Raises:
+        CheckpointFileError: not a checkpoint, damaged or unsafe (:mod:`mmseg_ext.checkpoint.safe_unpickler`).
+        FileNotFoundError: ``path`` does not exist.
+        WeightsMismatchError: naming the missing, unexpected and mis-shaped tensors and the likely cause.
+    """
+    checkpoint = read_checkpoint_file(path, map_location='cpu')
+    apply_weights(model, checkpoint, path, partial_flag=None)
+    return (checkpoint.get('meta') if isinstance(checkpoint, dict) else None) or {}
 
 
 def _likely_cause(expected: Mapping[str, Tuple[int, ...]], given: Mapping[str, Tuple[int, ...]],
@@ -209,7 +226,7 @@ def _shaped(shapes: Mapping[str, Tuple[int, ...]], prefix: str = '') -> Dict[str
 
 
 def _published_layout(expected, given, summary) -> str:
-    from .converters import registered_converters
+    from ..converters import registered_converters
     stripped = strip_prefixes(_shaped(given))
     for converter in registered_converters().values():
         try:
@@ -254,8 +271,6 @@ def _other_family(expected, given, summary) -> str:
 
 
 def _other_mit_variant(expected, given, summary) -> str:
-    from .converters.segformer import infer_mit_arch
-
     def arch(shapes: Mapping[str, Tuple[int, ...]]) -> str:
         try:
             return infer_mit_arch(_shaped(shapes, 'backbone.'))

@@ -1,16 +1,16 @@
 """Loading a pretrained MiT encoder of any published layout: ``init_cfg=dict(type='Pretrained', ...)``.
 
-The layouts and their mapping onto mmseg's keys are in :mod:`mmseg_ext.converters.mit_layouts`; files are
-read by :mod:`mmseg_ext.checkpoint_io`.
+The layouts and their mapping onto mmseg's keys are in :mod:`mmseg_ext.checkpoint.mit_layouts`; files are
+read by :mod:`mmseg_ext.checkpoint.reading`.
 """
 import os.path as osp
 from typing import Mapping, Optional
 
 from torch import nn
 
-from mmseg_ext.checkpoint_io import read_hf_config, read_state_dict, sample_keys
-from mmseg_ext.converters.mit_layouts import EncoderExtraction, describe_key_mismatch, extract_mit_encoder
-from mmseg_ext.errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
+from .mit_layouts import EncoderExtraction, describe_key_mismatch, extract_mit_encoder
+from .reading import read_hf_config, read_state_dict, sample_keys
 
 __all__ = ['load_mit_pretrained']
 

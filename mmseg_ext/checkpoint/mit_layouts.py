@@ -12,7 +12,7 @@ Two other layouts are published:
 
 Both map to mmseg's layout by renaming, stacking q, k and v into ``in_proj_weight``/``in_proj_bias``
 (mmseg keeps ``nn.MultiheadAttention``'s layout) and reshaping Linear weights into 1x1 conv weights.
-The same functions serve the backbone's pretrained loading (:mod:`mmseg_ext.models.utils.mit_pretrained`)
+The same functions serve the backbone's pretrained loading (:mod:`mmseg_ext.checkpoint.mit_pretrained`)
 and ``tools/convert_checkpoint.py``.
 """
 import re
@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from mmseg_ext.checkpoint_io import sample_keys
+from .reading import sample_keys
 
 __all__ = ['ENCODER_LAYOUTS', 'EncoderExtraction', 'nvlabs_to_mmseg_encoder', 'hf_to_mmseg_encoder',
            'extract_mit_encoder', 'describe_key_mismatch', 'linear_to_conv1x1']

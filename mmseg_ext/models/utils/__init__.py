@@ -1,1 +1,0 @@
-"""Helpers shared by the plugin's models that are not models themselves."""
