@@ -7,14 +7,11 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
-
 
 from mmseg_ext.models.backbones.hrnet import HRNet as PluginHRNet
 from mmseg_ext.models.decode_heads.ocr_head import OCRHead
-from utils import REPO, without_scope
+from utils import REPO, training_batch, without_scope
 
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'ocrnet', '*.py')))
 DEMO = osp.join(REPO, 'configs', '_demo_', 'ocrnet-hr18s.py')
@@ -99,13 +96,7 @@ def test_syncbn_model_trains_and_predicts_on_one_cpu_process(name):
     cfg.backbone.pop('init_cfg', None)
     cfg.decode_head[1].channels, cfg.decode_head[1].ocr_channels = 32, 16
     model = MODELS.build(cfg)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, 64, 64, generator=generator)
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, 64, 64), generator=generator))
-        samples.append(sample)
+    images, samples = training_batch(64, 64)
     model.train()
     losses = model.loss(images, samples)
     total = sum(value for key, value in losses.items() if 'loss' in key)

@@ -7,13 +7,11 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
-from mmseg.structures import SegDataSample
 
 from mmseg_ext import precision
 from mmseg_ext.precision import PrecisionError, check_precision, enable_bf16_inference
 from utils import (FAMILY_CONFIGS, batch, batch_norms, family_model, load_tool, logits, relative_difference, run_tool,
-                   write_tiny_config)
+                   training_batch, write_tiny_config)
 
 needs_bf16 = pytest.mark.skipif(precision.missing_bf16_instructions('cpu') is not None,
                                 reason='this CPU has no native bf16')
@@ -59,19 +57,8 @@ def test_bf16_inference_covers_slide_mode():
     assert relative_difference(logits(model, data), expected) < BF16_LOGIT_BOUND
 
 
-def _training_batch(seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(2, 3, 64, 128, generator=generator)
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 128), ori_shape=(64, 128), pad_shape=(64, 128)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, 64, 128), generator=generator))
-        samples.append(sample)
-    return images, samples
-
-
 def _gradients(model: torch.nn.Module, autocast: bool) -> torch.Tensor:
-    images, samples = _training_batch()
+    images, samples = training_batch(64, 128)
     model.zero_grad()
     torch.manual_seed(1)  # the same dropout masks in both runs
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
@@ -112,7 +99,7 @@ def test_autocast_training_steps_learn_like_float32(family):
     _, model = family_model(family)
     model.train()
     init_default_scope('mmseg')
-    images, samples = _training_batch()
+    images, samples = training_batch(64, 128)
     losses = {}
     for wrapper_type in ('OptimWrapper', 'mmseg_ext.Bf16AutocastOptimWrapper'):
         trained = copy.deepcopy(model)

@@ -313,6 +313,21 @@ def export(model: torch.nn.Module, cfg: Config, path: Path, shape: Sequence[int]
     return path
 
 
+def training_batch(height: int, width: int, count: int = 2, seed: int = 0) -> Tuple[torch.Tensor, list]:
+    """``count`` normalised random images and data samples with random labels of 19 classes, for ``model.loss``."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, height, width, generator=generator)
+    samples = []
+    for _ in range(count):
+        sample = SegDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                             pad_shape=(height, width)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, height, width), generator=generator))
+        samples.append(sample)
+    return images, samples
+
+
 def batch(height: int, width: int, ori_shape: Optional[Tuple[int, int]] = None, seed: int = 0) -> dict:
     """One image as mmseg's test pipeline packs it (uint8 CHW, BGR) with its data sample."""
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
