@@ -1,11 +1,11 @@
-"""tools/accuracy.py: the label agreement, the checkpoint it reuses, and the generated table."""
+"""tools/analysis_tools/accuracy.py: the label agreement, the checkpoint it reuses, and the generated table."""
 import cv2
 import numpy as np
 import pytest
 
 from utils import load_tool
 
-accuracy = load_tool('accuracy')
+accuracy = load_tool('analysis_tools/accuracy')
 
 
 def _labels(folder, name, values):

@@ -1,4 +1,5 @@
-"""tools/benchmark.py and mmseg_ext.benchmark: counterparts, FLOPs, variants, tasks, allocators, the CLI."""
+"""tools/analysis_tools/benchmark.py and mmseg_ext.benchmark: counterparts, FLOPs, variants, tasks, allocators,
+the CLI."""
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from mmseg_ext.benchmark.roofline import PRECISIONS, RoofShapes, annotate_rows, 
 from mmseg_ext.builder import build_segmentor
 from utils import REPO, load_tool, run_tool
 
+BENCHMARK = 'analysis_tools/benchmark.py'  # relative to tools/, as run_tool takes it
 ERFNET_CONFIG = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
 B0_CONFIG = REPO / 'configs' / 'segformer' / 'segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py'
 HR18S_CONFIG = REPO / 'configs' / 'ocrnet' / 'ocrnet_hr18s_4xb2-40k_cityscapes-512x1024.py'
@@ -276,7 +278,7 @@ def test_allocator_environments():
 
 def test_cli_variants_side_by_side_and_the_tables(tmp_path):
     out = tmp_path / 'bench.json'
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 64, 128, '--repeats', 2, '--warmup', 1,
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--shape', 64, 128, '--repeats', 2, '--warmup', 1,
                      '--variants', 'mmseg', 'configured', 'folded+channels-last', '--no-roof', '--json', out],
                     cwd=tmp_path)
     assert '| folded+channels-last |' in proc.stdout and '| mmseg |' in proc.stdout
@@ -298,8 +300,8 @@ def test_cli_variants_side_by_side_and_the_tables(tmp_path):
     assert result['roof'] is None and ours['roof_fraction'] is None and ours['precision'] == 'float32'
     assert ours['achieved_gmacs'] == pytest.approx(ours['gflops'] / ours['median_s'])
 
-    table = run_tool(['benchmark_table.py', out, '--out', tmp_path / 'all.md', '--family-dir', tmp_path / 'bench'],
-                     cwd=tmp_path).stdout
+    table = run_tool(['analysis_tools/benchmark_table.py', out, '--out', tmp_path / 'all.md',
+                      '--family-dir', tmp_path / 'bench'], cwd=tmp_path).stdout
     expected = f"| erfnet_fcn_4xb4-160k_cityscapes-512x1024 | inference | 64x128 whole | default | " \
                f"folded+channels-last | {ours['gflops']:.1f} | {1000 * ours['median_s']:.0f} | 2 | " \
                f"**{ours['speedup']:.2f}x** | {ours['achieved_gmacs']:.1f} | - |"
@@ -310,7 +312,7 @@ def test_cli_variants_side_by_side_and_the_tables(tmp_path):
 
 def test_cli_without_flops_leaves_the_count_out(tmp_path):
     out = tmp_path / 'no_flops.json'
-    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 0, '--no-flops',
+    run_tool([BENCHMARK, ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 0, '--no-flops',
               '--no-roof', '--variants', 'mmseg', 'folded+channels-last', '--json', out], cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result['variants'] == ['mmseg', 'folded+channels-last']
@@ -319,7 +321,7 @@ def test_cli_without_flops_leaves_the_count_out(tmp_path):
 
 def test_cli_train_step_under_both_allocators(tmp_path):
     out = tmp_path / 'train.json'
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 64, '--repeats', 1,
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 64, '--repeats', 1,
                      '--warmup', 1, '--variants', 'mmseg', 'channels-last', '--no-roof', '--json', out],
                     cwd=tmp_path, env_extra={'MALLOC_TOP_PAD_': '12345'})
     result = json.loads(out.read_text())
@@ -336,10 +338,10 @@ def test_cli_train_step_under_both_allocators(tmp_path):
 
 def test_cli_slide_mode_counts_windows(tmp_path):
     out = tmp_path / 'slide.json'
-    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 96, 160, '--mode', 'slide', '--crop', 64, 64, '--stride',
+    run_tool([BENCHMARK, ERFNET_CONFIG, '--shape', 96, 160, '--mode', 'slide', '--crop', 64, 64, '--stride',
               48, 48, '--repeats', 1, '--warmup', 0, '--no-roof', '--json', out], cwd=tmp_path)
     whole = tmp_path / 'whole.json'
-    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 64, 64, '--repeats', 1, '--warmup', 0, '--no-roof', '--json',
+    run_tool([BENCHMARK, ERFNET_CONFIG, '--shape', 64, 64, '--repeats', 1, '--warmup', 0, '--no-roof', '--json',
               whole], cwd=tmp_path)
     slide_flops = json.loads(out.read_text())['conditions'][0]['results']['configured']['gflops']
     window_flops = json.loads(whole.read_text())['conditions'][0]['results']['configured']['gflops']
@@ -349,7 +351,7 @@ def test_cli_slide_mode_counts_windows(tmp_path):
 @pytest.mark.slow
 def test_cli_compiled_variant(tmp_path):
     out = tmp_path / 'compiled.json'
-    run_tool(['benchmark.py', ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 1, '--no-flops',
+    run_tool([BENCHMARK, ERFNET_CONFIG, '--shape', 32, 64, '--repeats', 1, '--warmup', 1, '--no-flops',
               '--no-roof', '--variants', 'mmseg', 'compiled', '--json', out], cwd=tmp_path, timeout=600)
     rows = json.loads(out.read_text())['conditions'][0]['results']
     assert rows['compiled']['max_abs_diff'] < 1e-4
@@ -357,22 +359,22 @@ def test_cli_compiled_variant(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    proc = run_tool(['benchmark.py', tmp_path / 'none.py'], cwd=tmp_path, expect_ok=False)
+    proc = run_tool([BENCHMARK, tmp_path / 'none.py'], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and 'config file not found' in proc.stderr
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--repeats', 0], cwd=tmp_path, expect_ok=False)
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--repeats', 0], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and '--repeats must be at least 1, got 0' in proc.stderr
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--variants', 'folded+turbo'], cwd=tmp_path, expect_ok=False)
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--variants', 'folded+turbo'], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and "unknown step(s) ['turbo']" in proc.stderr
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--variants', 'folded', '--channels-last'], cwd=tmp_path,
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--variants', 'folded', '--channels-last'], cwd=tmp_path,
                     expect_ok=False)  # the older switches are gone: --variants says it all
     assert proc.returncode == 2 and 'unrecognized arguments: --channels-last' in proc.stderr
-    proc = run_tool(['benchmark.py', ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 32, '--variants', 'folded',
+    proc = run_tool([BENCHMARK, ERFNET_CONFIG, '--task', 'train-step', '--shape', 32, 32, '--variants', 'folded',
                      '--allocator', 'default', '--no-flops'], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and 'cannot be trained' in proc.stderr
 
 
 def test_strip_options():
-    sys.path.insert(0, str(REPO / 'tools'))
+    sys.path.insert(0, str(REPO / 'tools' / 'analysis_tools'))
     from benchmark import strip_options
     argv = ['cfg.py', '--allocator', 'both', '--json=x.json', '--repeats', '2']
     assert strip_options(argv, ('--allocator', '--json')) == ['cfg.py', '--repeats', '2']
@@ -405,7 +407,7 @@ def test_exported_variants_run_at_a_shape_other_than_the_crop(config, options, v
     out = tmp_path / 'bench.json'
     argv = [config, *options, '--variants', 'mmseg', *variants, '--repeats', 1, '--warmup', 0, '--no-flops',
             '--no-roof', '--allocator', 'default', '--json', out]
-    assert load_tool('benchmark').main([str(arg) for arg in argv]) == 0
+    assert load_tool('analysis_tools/benchmark').main([str(arg) for arg in argv]) == 0
     (condition, ) = json.loads(out.read_text())['conditions']
     assert condition['mode'] == 'slide'
     for name in variants:
@@ -467,7 +469,8 @@ def test_rows_get_their_rate_and_their_precisions_share():
 
 
 def fake_result(variants: dict, roof: Optional[dict], flops: Optional[dict]) -> dict:
-    """A tools/benchmark.py result of one whole-image ERFNet run at 64x128: variant -> (GFLOPs, median s)."""
+    """A tools/analysis_tools/benchmark.py result of one whole-image ERFNet run at 64x128:
+    variant -> (GFLOPs, median s)."""
     results = {}
     for name, (gflops, median_s) in variants.items():
         row = dict(gflops=gflops, median_s=median_s, seconds=[median_s] * 3, warmup_seconds=[1.0], speedup=1.0,
@@ -482,7 +485,7 @@ def fake_result(variants: dict, roof: Optional[dict], flops: Optional[dict]) -> 
 
 
 def test_table_shows_rates_shares_and_every_runs_roof():
-    tables = load_tool('benchmark_table')
+    tables = load_tool('analysis_tools/benchmark_table')
     counted = fake_result({'mmseg': (4.0, 0.5), 'folded+bf16': (3.0, 0.25)}, fake_roof(10.0, 40.0, 80.0),
                           dict(mmseg=dict(gflops=4.0), configured=dict(gflops=3.0)))
     # A run timed with --no-flops takes the count of the same config, input and batch from the other run.
@@ -500,7 +503,7 @@ def test_table_shows_rates_shares_and_every_runs_roof():
 
 
 def test_cli_measures_the_roof_and_every_rows_share_of_it(tmp_path, monkeypatch):
-    tool = load_tool('benchmark')
+    tool = load_tool('analysis_tools/benchmark')
     monkeypatch.setattr(tool, 'measure_roof', lambda: measure_roof(TINY_ROOF, calls=1, min_seconds=0))
     out = tmp_path / 'bench.json'
     argv = [ERFNET_CONFIG, '--shape', 32, 64, '--variants', 'configured', 'amp', '--repeats', 1, '--warmup', 0,
@@ -522,8 +525,8 @@ def test_tables_say_what_an_int8_row_was_calibrated_on():
                          dict(configured=dict(gflops=3.0)))
     result['conditions'][0]['results']['onnxruntime-int8']['calibration'] = 'demo scenes (config data absent)'
     expected = 'onnxruntime-int8 (calibrated on demo scenes (config data absent))'
-    assert f'| {expected} | 3.0 |' in load_tool('benchmark_table').table([result])
+    assert f'| {expected} | 3.0 |' in load_tool('analysis_tools/benchmark_table').table([result])
     condition = result['conditions'][0]
     for row in condition['results'].values():
         row.update(params_m=1.0, p90_s=row['median_s'], images_per_s=1 / row['median_s'])
-    assert f'| {expected} |' in load_tool('benchmark').markdown_table(condition)
+    assert f'| {expected} |' in load_tool('analysis_tools/benchmark').markdown_table(condition)

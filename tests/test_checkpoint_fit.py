@@ -91,7 +91,7 @@ def test_published_layout_names_the_converting_command(make_state, layout, model
     path = _save(tmp_path, make_state())
     message = _refusal(model(), path)
     assert f'still in the published {layout}' in message
-    assert f'`python tools/convert_checkpoint.py {path} CONVERTED.pth`' in message
+    assert f'`python tools/model_converters/convert_checkpoint.py {path} CONVERTED.pth`' in message
 
 
 def test_partial_load_is_explicit_and_keeps_the_rest(tmp_path):

@@ -49,7 +49,7 @@ def test_labels_use_cityscapes_train_ids_and_match_images(tiny_data):
 
 
 def test_scenes_vary_in_layout_and_lighting(tmp_path):
-    run_tool(['make_demo_data.py', tmp_path, '--train', 12, '--val', 1], cwd=REPO)
+    run_tool(['dataset_converters/make_demo_data.py', tmp_path, '--train', 12, '--val', 1], cwd=REPO)
     images = [cv2.imread(str(p)) for p in sorted((tmp_path / 'leftImg8bit' / 'train').rglob('*.png'))]
     labels = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((tmp_path / 'gtFine' / 'train').rglob('*.png'))]
     brightness = [img.mean() for img in images]
@@ -62,9 +62,9 @@ def test_scenes_vary_in_layout_and_lighting(tmp_path):
 
 def test_same_seed_same_bytes_other_seed_other_scenes(tmp_path):
     args = ['--train', 3, '--val', 1, '--height', 64, '--width', 128]
-    run_tool(['make_demo_data.py', tmp_path / 'a'] + args, cwd=REPO)
-    run_tool(['make_demo_data.py', tmp_path / 'b'] + args, cwd=REPO)
-    run_tool(['make_demo_data.py', tmp_path / 'c', '--seed', 1] + args, cwd=REPO)
+    run_tool(['dataset_converters/make_demo_data.py', tmp_path / 'a'] + args, cwd=REPO)
+    run_tool(['dataset_converters/make_demo_data.py', tmp_path / 'b'] + args, cwd=REPO)
+    run_tool(['dataset_converters/make_demo_data.py', tmp_path / 'c', '--seed', 1] + args, cwd=REPO)
     assert _digest(tmp_path / 'a') == _digest(tmp_path / 'b')
     assert _digest(tmp_path / 'a') != _digest(tmp_path / 'c')
 
@@ -77,5 +77,5 @@ def test_train_and_val_scenes_differ(tiny_data):
 
 @pytest.mark.parametrize('bad', [['--train', '0'], ['--height', '32']])
 def test_bad_arguments_are_refused(tmp_path, bad):
-    proc = run_tool(['make_demo_data.py', tmp_path] + bad, cwd=REPO, expect_ok=False)
+    proc = run_tool(['dataset_converters/make_demo_data.py', tmp_path] + bad, cwd=REPO, expect_ok=False)
     assert proc.returncode == 2 and 'error:' in proc.stderr

@@ -110,9 +110,9 @@ def test_int8_export_without_calibration_data_says_where_to_point_it(tmp_path, c
     from utils import load_tool
     config = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
     absent = tmp_path / 'absent'
-    code = load_tool('export_onnx').main([str(config), str(tmp_path / 'no.pth'), '--out', str(tmp_path / 'x.onnx'),
-                                          '--quantize', 'int8', '--cfg-options',
-                                          f'train_dataloader.dataset.data_root={absent}'])
+    export_onnx = load_tool('deployment/export_onnx')
+    code = export_onnx.main([str(config), str(tmp_path / 'no.pth'), '--out', str(tmp_path / 'x.onnx'),
+                             '--quantize', 'int8', '--cfg-options', f'train_dataloader.dataset.data_root={absent}'])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
     assert str(absent / 'leftImg8bit' / 'train') in error

@@ -1,4 +1,5 @@
-"""tools/export_onnx.py, then tools/test.py and tools/infer.py on the exported file, on the tiny dataset."""
+"""tools/deployment/export_onnx.py, then tools/test.py and tools/deployment/infer.py on the exported file, on the
+tiny dataset."""
 import re
 
 import cv2
@@ -18,7 +19,7 @@ def _miou(output: str) -> float:
 def exported(trained_run, tmp_path_factory):
     config, work_dir, _ = trained_run
     out = tmp_path_factory.mktemp('exported') / 'tiny.onnx'
-    proc = run_tool(['export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--dynamic-shape'],
+    proc = run_tool(['deployment/export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--dynamic-shape'],
                     cwd=out.parent)
     return out, proc.stdout
 
@@ -49,7 +50,7 @@ def test_test_and_infer_tools_give_the_checkpoint_miou_and_masks(exported, train
 
     # the val images are not resized by the tiny test pipeline, so infer.py's masks are test.py's label maps
     images = sorted((tiny_data / 'leftImg8bit' / 'val').rglob('*.png'))
-    proc = run_tool(['infer.py', config, onnx_file, *images, '--out-dir', tmp_path / 'infer'], cwd=tmp_path)
+    proc = run_tool(['deployment/infer.py', config, onnx_file, *images, '--out-dir', tmp_path / 'infer'], cwd=tmp_path)
     assert '[infer] 4 images' in proc.stdout
     for path in images:
         labels = cv2.imread(str(tmp_path / 'infer' / f'{path.stem}_labels.png'), cv2.IMREAD_UNCHANGED)
@@ -66,7 +67,7 @@ def test_test_and_infer_tools_give_the_checkpoint_miou_and_masks(exported, train
     for stem, labels in expected.items():
         ours = cv2.imread(str(tmp_path / 'openvino_preds' / f'{stem}.png'), cv2.IMREAD_UNCHANGED)
         assert (ours != labels).mean() < 0.001
-    run_tool(['infer.py', config, onnx_file, images[0], '--runtime', 'openvino', '--out-dir',
+    run_tool(['deployment/infer.py', config, onnx_file, images[0], '--runtime', 'openvino', '--out-dir',
               tmp_path / 'openvino_infer'], cwd=tmp_path)
     labels = cv2.imread(str(tmp_path / 'openvino_infer' / f'{images[0].stem}_labels.png'), cv2.IMREAD_UNCHANGED)
     assert (labels != cv2.imread(str(tmp_path / 'infer' / f'{images[0].stem}_labels.png'),
@@ -76,7 +77,7 @@ def test_test_and_infer_tools_give_the_checkpoint_miou_and_masks(exported, train
 def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
     config, work_dir, _ = trained_run
     out = tmp_path / 'tiny_int8.onnx'
-    proc = run_tool(['export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--quantize', 'int8',
+    proc = run_tool(['deployment/export_onnx.py', config, work_dir / 'iter_4.pth', '--out', out, '--quantize', 'int8',
                      '--calibration-images', 2], cwd=tmp_path)
     assert proc.stdout.strip().splitlines()[-1] == f'[export] {out}'
     assert (tmp_path / 'tiny_int8_fp32.onnx').is_file()
@@ -91,10 +92,12 @@ def test_int8_export_is_quantised_and_evaluates(trained_run, tmp_path):
 
 
 def test_benchmark_times_the_onnxruntime_variants_beside_mmseg(tmp_path):
-    """``onnxruntime`` is a variant of tools/benchmark.py: exported, timed and compared with mmseg's logits."""
+    """``onnxruntime`` is a variant of tools/analysis_tools/benchmark.py: exported, timed and compared with mmseg's
+    logits."""
     import json
     out = tmp_path / 'bench.json'
-    run_tool(['benchmark.py', REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py',
+    config = REPO / 'configs' / 'erfnet' / 'erfnet_fcn_4xb4-160k_cityscapes-512x1024.py'
+    run_tool(['analysis_tools/benchmark.py', config,
               '--shape', 64, 128, '--variants', 'mmseg', 'onnxruntime', '--repeats', 1, '--warmup', 0, '--no-flops',
               '--threads', 1, '--allocator', 'default', '--json', out], cwd=tmp_path)
     rows = json.loads(out.read_text())['conditions'][0]['results']

@@ -1,4 +1,5 @@
-"""tools/convert_checkpoint.py on the ERFNet authors' layout, end to end against a reference network."""
+"""tools/model_converters/convert_checkpoint.py on the ERFNet authors' layout, end to end against a reference
+network."""
 import os.path as osp
 
 import pytest
@@ -12,7 +13,7 @@ from mmseg_ext.converters import registered_converters
 from mmseg_ext.converters.erfnet_authors import ERFNetAuthorsConverter
 from utils import REPO, load_tool, max_abs_diff, randomize_batch_norms
 
-convert_tool = load_tool('convert_checkpoint')
+convert_tool = load_tool('model_converters/convert_checkpoint')
 
 
 def _authors_network(num_classes: int = 20, seed: int = 0) -> AuthorsERFNet:

@@ -63,7 +63,8 @@ def test_folding_is_idempotent_and_the_fastest_path_matches(config):
     expected = _logits(model, inputs)
     folded = fuse_conv_bn(fuse_conv_bn(copy.deepcopy(model)))
     assert max_abs_diff(_logits(folded, inputs), expected) <= 1e-4
-    folded = folded.to(memory_format=torch.channels_last)  # the folded+channels-last variant tools/benchmark.py times
+    # the folded+channels-last variant tools/analysis_tools/benchmark.py times
+    folded = folded.to(memory_format=torch.channels_last)
     folded.backbone.channels_last = True
     features = folded.extract_feat(inputs)
     assert features[0].is_contiguous(memory_format=torch.channels_last)

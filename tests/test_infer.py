@@ -1,5 +1,5 @@
-"""tools/infer.py: images, folders and a video through MMSegInferencer; clear errors for bad inputs, and a batch
-that goes on past inputs it cannot read."""
+"""tools/deployment/infer.py: images, folders and a video through MMSegInferencer; clear errors for bad inputs,
+and a batch that goes on past inputs it cannot read."""
 from pathlib import Path
 
 import cv2
@@ -24,7 +24,7 @@ def test_folder_and_video_give_labels_colours_and_overlays(trained_run, tiny_dat
         writer.write(cv2.imread(str(path)))
     writer.release()
     out = tmp_path / 'out'
-    proc = run_tool(['infer.py', config, work_dir / 'iter_4.pth', tiny_data / 'leftImg8bit' / 'val', video,
+    proc = run_tool(['deployment/infer.py', config, work_dir / 'iter_4.pth', tiny_data / 'leftImg8bit' / 'val', video,
                      '--out-dir', out], cwd=tmp_path)
     assert '[infer] 4 images and 4 video frames segmented' in proc.stdout
     for path in _val_images(tiny_data):
@@ -73,8 +73,8 @@ def test_a_batch_goes_on_past_unreadable_inputs(trained_run, tiny_data, tmp_path
     empty_video = tmp_path / 'empty.mp4'
     empty_video.write_bytes(b'')
     out = tmp_path / 'out'
-    proc = run_tool(['infer.py', config, work_dir / 'iter_4.pth', folder, cut_video, empty_video, '--out-dir', out],
-                    cwd=tmp_path, expect_ok=False)
+    proc = run_tool(['deployment/infer.py', config, work_dir / 'iter_4.pth', folder, cut_video, empty_video,
+                     '--out-dir', out], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
 
     segmented = [path.stem for path in good + [cut_png, cut_jpeg]]
@@ -105,6 +105,6 @@ def test_bad_inputs_are_refused_before_loading_the_model(trained_run, tmp_path, 
     config, work_dir, _ = trained_run
     if name.endswith('.txt'):
         (tmp_path / name).write_text('x')
-    proc = run_tool(['infer.py', config, work_dir / 'iter_4.pth', tmp_path / name, '--out-dir', tmp_path / 'o'],
-                    cwd=tmp_path, expect_ok=False)
+    proc = run_tool(['deployment/infer.py', config, work_dir / 'iter_4.pth', tmp_path / name,
+                     '--out-dir', tmp_path / 'o'], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and f'{message}: {tmp_path / name}' in proc.stderr

@@ -150,10 +150,11 @@ def test_other_layouts_and_damaged_checkpoints_are_refused():
 
 @pytest.mark.slow
 def test_convert_checkpoint_cli_end_to_end(tmp_path):
-    """tools/convert_checkpoint.py on an authors'-layout file; the printed config and options rebuild it."""
-    script = osp.join(REPO, 'tools', 'convert_checkpoint.py')
+    """tools/model_converters/convert_checkpoint.py on an authors'-layout file; the printed config and options
+    rebuild it."""
+    script = osp.join(REPO, 'tools', 'model_converters', 'convert_checkpoint.py')
     if not osp.exists(script):
-        pytest.skip('tools/convert_checkpoint.py is not in this checkout')
+        pytest.skip('tools/model_converters/convert_checkpoint.py is not in this checkout')
     authors = authors_network()
     source, destination = tmp_path / 'hrnet_ocr_authors.pth', tmp_path / 'converted.pth'
     torch.save({'model.' + key: value for key, value in authors.state_dict().items()}, source)

@@ -96,18 +96,18 @@ def test_openvino_refuses_missing_corrupt_and_ill_fitting_input_in_one_line(erfn
     assert tuple(session(torch.zeros(2, 3, *CROP)).shape) == (2, 19, *CROP)  # a batch-1 graph, image by image
 
 
-@pytest.mark.parametrize('tool', ['test', 'infer'])
+@pytest.mark.parametrize('tool', ['test', pytest.param('deployment/infer', id='infer')])
 def test_tools_refuse_runtime_with_a_checkpoint_before_any_work(tool, tmp_path, capsys):
     checkpoint = small_checkpoint(tmp_path / 'model.pth')
     config = tmp_path / 'missing_config.py'  # never read: the refusal comes before the model is built
     argv = [str(config), str(checkpoint), '--runtime', 'openvino']
-    if tool == 'infer':
+    if tool == 'deployment/infer':
         (tmp_path / 'image.png').write_bytes(b'')  # never read either
         argv += [str(tmp_path / 'image.png'), '--out-dir', str(tmp_path / 'out')]
     assert load_tool(tool).main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error == (f'error: --runtime openvino runs an exported .onnx file, not the checkpoint {checkpoint}: '
-                     'export it with tools/export_onnx.py, or drop --runtime')
+                     'export it with tools/deployment/export_onnx.py, or drop --runtime')
     with pytest.raises(SystemExit) as exit_code:
         load_tool(tool).main(argv[:2] + ['--runtime', 'tensorrt'] + argv[4:])
     assert exit_code.value.code == 2

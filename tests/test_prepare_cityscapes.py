@@ -1,4 +1,4 @@
-"""tools/prepare_cityscapes.py: train-id labels from polygons, split sizes, exact missing files."""
+"""tools/dataset_converters/prepare_cityscapes.py: train-id labels from polygons, split sizes, exact missing files."""
 import json
 from pathlib import Path
 
@@ -34,14 +34,15 @@ def _fake_cityscapes(root: Path, counts=(('train', 2), ('val', 1))) -> list:
 
 def test_writes_train_id_labels_for_a_complete_subset(tmp_path):
     stems = _fake_cityscapes(tmp_path)
-    proc = run_tool(['prepare_cityscapes.py', tmp_path, '--expect-train', 2, '--expect-val', 1, '--nproc', 2],
-                    cwd=tmp_path)
+    proc = run_tool(['dataset_converters/prepare_cityscapes.py', tmp_path, '--expect-train', 2, '--expect-val', 1,
+                     '--nproc', 2], cwd=tmp_path)
     assert 'wrote 3 train-id label maps' in proc.stdout and 'is complete' in proc.stdout
     split, stem = stems[0]
     label = cv2.imread(str(tmp_path / 'gtFine' / split / f'{split}city' / f'{stem}_gtFine_labelTrainIds.png'),
                        cv2.IMREAD_UNCHANGED)
     assert label[5, 40] == 10 and label[30, 50] == 0 and label[22, 20] == 13  # sky, road, car
-    again = run_tool(['prepare_cityscapes.py', tmp_path, '--expect-train', 2, '--expect-val', 1], cwd=tmp_path)
+    again = run_tool(['dataset_converters/prepare_cityscapes.py', tmp_path, '--expect-train', 2, '--expect-val', 1],
+                     cwd=tmp_path)
     assert 'wrote 0 train-id label maps' in again.stdout  # existing labels kept
 
 
@@ -50,7 +51,7 @@ def test_reports_exactly_what_is_missing(tmp_path):
     split, stem = stems[1]
     missing = tmp_path / 'gtFine' / split / f'{split}city' / f'{stem}_gtFine_polygons.json'
     missing.unlink()
-    proc = run_tool(['prepare_cityscapes.py', tmp_path], cwd=tmp_path, expect_ok=False)
+    proc = run_tool(['dataset_converters/prepare_cityscapes.py', tmp_path], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2
     assert f'train: 2 images in {tmp_path / "leftImg8bit" / "train"}, expected 2975' in proc.stderr
     assert f'val: 1 images in {tmp_path / "leftImg8bit" / "val"}, expected 500' in proc.stderr
@@ -59,7 +60,7 @@ def test_reports_exactly_what_is_missing(tmp_path):
 
 def test_missing_folders_are_named(tmp_path):
     (tmp_path / 'leftImg8bit' / 'train').mkdir(parents=True)
-    proc = run_tool(['prepare_cityscapes.py', tmp_path], cwd=tmp_path, expect_ok=False)
+    proc = run_tool(['dataset_converters/prepare_cityscapes.py', tmp_path], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2
     assert f'missing folder: {tmp_path / "gtFine" / "train"}' in proc.stderr
     assert f'missing folder: {tmp_path / "leftImg8bit" / "val"}' in proc.stderr

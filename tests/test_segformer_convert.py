@@ -1,5 +1,5 @@
-"""NVlabs and Hugging Face SegFormer checkpoints through tools/convert_checkpoint.py, end to end, and the
-SegFormer configs."""
+"""NVlabs and Hugging Face SegFormer checkpoints through tools/model_converters/convert_checkpoint.py, end to end,
+and the SegFormer configs."""
 import glob
 import json
 import os.path as osp
@@ -18,7 +18,7 @@ transformers = pytest.importorskip('transformers')
 IMAGES = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 
 
-CLI = load_tool('convert_checkpoint')
+CLI = load_tool('model_converters/convert_checkpoint')
 
 
 def _run(capsys, *argv):

@@ -201,7 +201,7 @@ def test_wrapped_file_loads_alike_as_pretrained_and_through_the_converter(nvlabs
     expected = _pretrained(path).state_dict()
     loaded = _pretrained(wrapped).state_dict()
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
-    tool = load_tool('convert_checkpoint')
+    tool = load_tool('model_converters/convert_checkpoint')
     assert tool.strip_prefixes(tool.read_source(str(wrapped))).keys() == plain.keys()
 
 

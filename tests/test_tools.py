@@ -153,10 +153,10 @@ def test_corrupt_image_is_named(tiny_data, tmp_path, damage):
 def _tool_command(tool: str, config: Path, checkpoint: Path, tmp_path: Path, image: Path) -> list:
     return {
         'test.py': ['test.py', config, checkpoint, '--work-dir', tmp_path / 'w'],
-        'infer.py': ['infer.py', config, checkpoint, image, '--out-dir', tmp_path / 'o'],
-        'benchmark.py': ['benchmark.py', config, checkpoint, '--shape', 64, 128, '--repeats', 1, '--warmup', 0,
-                         '--no-flops'],
-        'convert_checkpoint.py': ['convert_checkpoint.py', checkpoint, tmp_path / 'converted.pth'],
+        'infer.py': ['deployment/infer.py', config, checkpoint, image, '--out-dir', tmp_path / 'o'],
+        'benchmark.py': ['analysis_tools/benchmark.py', config, checkpoint, '--shape', 64, 128, '--repeats', 1,
+                         '--warmup', 0, '--no-flops'],
+        'convert_checkpoint.py': ['model_converters/convert_checkpoint.py', checkpoint, tmp_path / 'converted.pth'],
         'train.py load_from': ['train.py', config, '--work-dir', tmp_path / 'w', '--cfg-options',
                                f'load_from={checkpoint}'],
         'train.py --resume': ['train.py', config, '--work-dir', tmp_path / 'w', '--resume', checkpoint],

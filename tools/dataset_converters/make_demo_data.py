@@ -12,7 +12,7 @@ scene is drawn from ``seed`` and its index alone, so the same arguments give byt
 
 Example::
 
-    python tools/make_demo_data.py data/demo_cityscapes --train 120 --val 30
+    python tools/dataset_converters/make_demo_data.py data/demo_cityscapes --train 120 --val 30
 """
 import argparse
 import sys

@@ -8,7 +8,7 @@ counted from the model that config builds.
 
 Example::
 
-    python tools/plot_results.py --work-dirs work_dirs --out docs/miou_vs_params.svg
+    python tools/analysis_tools/plot_results.py --work-dirs work_dirs --out docs/miou_vs_params.svg
 """
 import argparse
 import csv
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_DATA = osp.join(REPO, 'docs', 'published_cityscapes.csv')
 
 

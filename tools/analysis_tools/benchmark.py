@@ -30,13 +30,13 @@ share of its precision's roof (JSON ``achieved_gmacs`` and ``roof_fraction``; th
 
 Examples::
 
-    python tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py \\
+    python tools/analysis_tools/benchmark.py configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py \\
         --variants mmseg folded+channels-last compiled --json ocr.json
-    python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
+    python tools/analysis_tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         --task train-step --shape 512 512 --variants mmseg configured
-    python tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py \\
+    python tools/analysis_tools/benchmark.py configs/erfnet/erfnet_fcn_4xb4-160k_cityscapes-512x1024.py \\
         --variants mmseg folded+channels-last
-    python tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
+    python tools/analysis_tools/benchmark.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         --shape 512 1024 --mode whole --variants mmseg configured onnxruntime --threads 2
 """
 import argparse

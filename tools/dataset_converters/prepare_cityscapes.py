@@ -9,7 +9,7 @@ missing when the download is incomplete, exiting with status 2.
 
 Example::
 
-    python tools/prepare_cityscapes.py data/cityscapes --nproc 8
+    python tools/dataset_converters/prepare_cityscapes.py data/cityscapes --nproc 8
 """
 import argparse
 import os

@@ -3,16 +3,16 @@
 The graph takes raw images (N, 3, H, W), float32, in the channel order mmseg loads them (BGR), and
 returns logits at the input size (or labels with ``--output labels``); normalisation, backbone, decode
 head and the final resize are inside. Class names, palette, test mode, crop and stride, input layout and
-shape are stored in the file's metadata. ``tools/test.py CONFIG FILE.onnx`` and ``tools/infer.py CONFIG
+shape are stored in the file's metadata. ``tools/test.py CONFIG FILE.onnx`` and ``tools/deployment/infer.py CONFIG
 FILE.onnx INPUT...`` run it through :class:`mmseg_ext.deploy.ONNXRuntimeSegmentor`.
 
 Examples::
 
-    python tools/export_onnx.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
+    python tools/deployment/export_onnx.py configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py \\
         segformer_b0.pth --out segformer_b0.onnx
-    python tools/export_onnx.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_800.pth \\
+    python tools/deployment/export_onnx.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_800.pth \\
         --out erfnet.onnx --dynamic-shape --fuse-conv-bn
-    python tools/export_onnx.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_800.pth \\
+    python tools/deployment/export_onnx.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_800.pth \\
         --out erfnet_int8.onnx --quantize int8 --calibration-images 16
 """
 import argparse

@@ -8,7 +8,7 @@
 # The compiler's progress ([done/total] and the source file) is printed as it goes; the full log is
 # kept in WHEEL_DIR/mmcv-build.log.
 #
-# Usage: tools/build_mmcv_wheel.sh WHEEL_DIR BUILD_ENV TORCH_PIN MMCV_PIN
+# Usage: tools/misc/build_mmcv_wheel.sh WHEEL_DIR BUILD_ENV TORCH_PIN MMCV_PIN
 set -euo pipefail
 wheel_dir=$1 build_env=$2 torch_pin=$3 mmcv_pin=$4
 mmcv_version=${mmcv_pin#mmcv==}

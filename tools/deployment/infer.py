@@ -19,10 +19,10 @@ truncated, or not what its suffix says) but still decodes gets a ``warning:`` li
 
 Example::
 
-    python tools/infer.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_1000.pth \\
+    python tools/deployment/infer.py configs/_demo_/erfnet.py work_dirs/demo_erfnet/iter_1000.pth \\
         data/demo_cityscapes/leftImg8bit/val --out-dir predictions
-    python tools/infer.py CONFIG CHECKPOINT INPUT... --out-dir DIR --precision bf16
-    python tools/infer.py CONFIG MODEL.onnx INPUT... --out-dir DIR --runtime openvino --precision bf16
+    python tools/deployment/infer.py CONFIG CHECKPOINT INPUT... --out-dir DIR --precision bf16
+    python tools/deployment/infer.py CONFIG MODEL.onnx INPUT... --out-dir DIR --runtime openvino --precision bf16
 """
 import argparse
 import os
@@ -55,7 +55,8 @@ class InputError(ValueError):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Segment images, folders or videos')
     parser.add_argument('config', help='model config file (or mmseg::... name)')
-    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
+    parser.add_argument('checkpoint',
+                        help='checkpoint file, or an .onnx file written by tools/deployment/export_onnx.py')
     parser.add_argument('inputs', nargs='+', help='image files, folders of images, or video files')
     parser.add_argument('--runtime', choices=RUNTIMES,
                         help='the runtime of an .onnx file (default: onnxruntime); not for a PyTorch checkpoint')

@@ -4,8 +4,8 @@ The layout is detected from the keys (after removing wrapper prefixes such as ``
 family's converter registers itself in :mod:`mmseg_ext.converters`. The last line printed is the
 repository config to use with the written checkpoint::
 
-    python tools/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
-    python tools/test.py "$(python tools/convert_checkpoint.py SRC DST | tail -n 1)" DST
+    python tools/model_converters/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
+    python tools/test.py "$(python tools/model_converters/convert_checkpoint.py SRC DST | tail -n 1)" DST
 
 Before writing, the converted tensors are checked against the model the printed config (with the
 ``--cfg-options`` the notes name) builds (:mod:`mmseg_ext.checkpoint.weights_check`), so the written file loads

@@ -2,7 +2,7 @@
 
 For each model (``configs/_demo_/<name>.py``) the tool trains it with ``tools/train.py`` unless its work dir
 already holds a finished run (seeded: the demo configs fix ``randomness.seed``), exports it with
-``tools/export_onnx.py`` (float32, and int8 calibrated on the demo train split), then evaluates it with
+``tools/deployment/export_onnx.py`` (float32, and int8 calibrated on the demo train split), then evaluates it with
 ``tools/test.py`` on the demo val split along every path:
 
 * float32 eager as configured; float32 eager with BN folded (``--fuse-conv-bn``); float32 compiled
@@ -15,7 +15,7 @@ files comes from this run; a path that fails is listed with its error and the to
 
 Example::
 
-    python tools/accuracy.py --models erfnet segformer-b0 ocrnet-hr18s --out docs/accuracy.md \\
+    python tools/analysis_tools/accuracy.py --models erfnet segformer-b0 ocrnet-hr18s --out docs/accuracy.md \\
         --chart docs/speed_vs_miou.svg
 """
 import argparse
@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(REPO, 'tools')
 
 
@@ -80,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='mIoU and speed of every inference path on the demo models')
     parser.add_argument('--models', nargs='+', default=['erfnet', 'segformer-b0', 'ocrnet-hr18s'],
                         help='demo configs (configs/_demo_/<name>.py)')
-    parser.add_argument('--data-root', default='data/demo_cityscapes', help='the demo dataset (tools/make_demo_data.py)')
+    parser.add_argument('--data-root', default='data/demo_cityscapes',
+                        help='the demo dataset (tools/dataset_converters/make_demo_data.py)')
     parser.add_argument('--work-root', default='work_dirs', help='runs are read from / written to <root>/demo_<name>')
     parser.add_argument('--out', default='docs/accuracy.md', help='the generated Markdown table')
     parser.add_argument('--chart', default='docs/speed_vs_miou.svg', help='the generated chart')
@@ -90,7 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: List[str], log: Optional[str] = None) -> subprocess.CompletedProcess:
-    """Run ``python tools/<args...>``, its output on screen (and in ``log``) as it comes."""
+    """Run ``python tools/<args...>`` (``args[0]`` relative to tools/), its output on screen (and in ``log``)
+    as it comes."""
     command = [sys.executable, osp.join(TOOLS, args[0])] + [str(a) for a in args[1:]]
     print('[accuracy] $ ' + ' '.join(command[1:]), flush=True)
     lines = []
@@ -178,7 +180,7 @@ def measure_model(name: str, args: argparse.Namespace) -> ModelResult:
     for kind, extra in (('onnx', []), ('onnx-int8', ['--quantize', 'int8'])):
         if any(p.model_file == kind for p in paths):
             target = osp.join(out_dir, f'{name}_{kind.replace("-", "_")}.onnx')
-            proc = run(['export_onnx.py', config, checkpoint, '--out', target, *extra, '--cfg-options',
+            proc = run(['deployment/export_onnx.py', config, checkpoint, '--out', target, *extra, '--cfg-options',
                         f'train_dataloader.dataset.data_root={args.data_root}'],
                        log=osp.join(out_dir, f'export_{kind}.log'))
             written = re.findall(r'^\[export\] (\S+\.onnx)$', proc.stdout, flags=re.MULTILINE)
