@@ -38,11 +38,11 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.py tools/build_mmcv_wheel.sh
+$(STAMP): requirements.txt setup.py tools/misc/build_mmcv_wheel.sh
 	@if [ ! -x "$(PY)" ]; then echo "[install] creating $(VENV)"; $(PYTHON) -m venv "$(VENV)"; fi
 	@echo "[install] $(TORCH_PIN) (CPU wheel from the machine's pip find-links)"
 	$(PIP) install -q "$(TORCH_PIN)"
-	tools/build_mmcv_wheel.sh "$(WHEEL_DIR)" "$(CACHE_DIR)/mmcv-build" "$(TORCH_PIN)" "$(MMCV_PIN)"
+	tools/misc/build_mmcv_wheel.sh "$(WHEEL_DIR)" "$(CACHE_DIR)/mmcv-build" "$(TORCH_PIN)" "$(MMCV_PIN)"
 	@echo "[install] pinned stack from requirements.txt"
 	$(PIP) install -q --find-links "$(WHEEL_DIR)" -r requirements.txt
 	@echo "[install] mmseg_ext (editable)"
@@ -52,7 +52,7 @@ $(STAMP): requirements.txt setup.py tools/build_mmcv_wheel.sh
 
 demo-data: install
 	@if [ -f "$(DEMO_DATA)/.complete" ]; then echo "[demo] data already in $(DEMO_DATA)"; \
-	else $(PY) tools/make_demo_data.py "$(DEMO_DATA)" && touch "$(DEMO_DATA)/.complete"; fi
+	else $(PY) tools/dataset_converters/make_demo_data.py "$(DEMO_DATA)" && touch "$(DEMO_DATA)/.complete"; fi
 
 demo: demo-data
 	@test -f "$(DEMO_CONFIG)" || { echo "unknown MODEL=$(MODEL): choose one of $$(ls configs/_demo_ | grep -v demo_dataset | sed 's/\.py$$//' | tr '\n' ' ')" >&2; exit 2; }
@@ -67,7 +67,7 @@ test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Every family against mmseg's own implementation with the same weights, the variants alternating in one
-# process (tools/benchmark.py), each run measuring the machine's roof per precision first; the tables are
+# process (tools/analysis_tools/benchmark.py), each run measuring the machine's roof per precision first; the tables are
 # generated from the JSON results, never copied by hand.
 # Rows 1-3 time every inference path of a family at Cityscapes resolution: mmseg, the plugin's float32 paths,
 # bf16 (the best float32 eager path plus bf16), and the exported file in ONNX Runtime (float32, int8) and
@@ -78,7 +78,7 @@ test: install
 # rows also time the family's fastest eager path, so the table shows whether compiling pays; compiling
 # OCRNet-HR18 after folding takes minutes, so that path is left out. Rows of the slowest networks take 3
 # timed calls per variant. One command per row, each announced by a progress line.
-BENCH := $(PY) tools/benchmark.py
+BENCH := $(PY) tools/analysis_tools/benchmark.py
 BENCH_ROWS := erfnet ocrnet_hr18 segformer_b0 segformer_b2 segformer_b0_train erfnet_compiled ocrnet_hr18_compiled segformer_b0_compiled
 ALL_PATHS := folded+channels-last folded+channels-last+bf16 onnxruntime onnxruntime-int8 openvino openvino-bf16
 bench: install
@@ -99,14 +99,15 @@ bench: install
 	$(BENCH) configs/ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py --shape 512 1024 --variants mmseg folded+channels-last compiled --no-flops --repeats 3 --warmup 1 --json "$(BENCH_DIR)/ocrnet_hr18_compiled.json"
 	@echo "[bench 8/8] SegFormer-B0 512x1024 inference, torch.compile: mmseg, configured, compiled"
 	$(BENCH) configs/segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py --shape 512 1024 --mode whole --variants mmseg configured compiled --no-flops --repeats 3 --warmup 1 --json "$(BENCH_DIR)/segformer_b0_compiled.json"
-	$(PY) tools/benchmark_table.py $(foreach row,$(BENCH_ROWS),"$(BENCH_DIR)/$(row).json") --out "$(BENCH_OUT)" --family-dir "$(BENCH_FAMILY_DIR)"
+	$(PY) tools/analysis_tools/benchmark_table.py $(foreach row,$(BENCH_ROWS),"$(BENCH_DIR)/$(row).json") --out "$(BENCH_OUT)" --family-dir "$(BENCH_FAMILY_DIR)"
 
 # The three demo models (trained once, seeded, or reused from `make demo`'s work dirs) evaluated along every
-# inference path: float32, folded, bf16, ONNX Runtime float32/int8, OpenVINO float32/bf16 (tools/accuracy.py).
+# inference path: float32, folded, bf16, ONNX Runtime float32/int8, OpenVINO float32/bf16
+# (tools/analysis_tools/accuracy.py).
 ACCURACY_MODELS ?= erfnet segformer-b0 ocrnet-hr18s
 ACCURACY_OUT ?= docs/accuracy.md
 accuracy: demo-data
-	$(PY) tools/accuracy.py --models $(ACCURACY_MODELS) --data-root "$(DEMO_DATA)" --work-root work_dirs --out "$(ACCURACY_OUT)" --chart docs/speed_vs_miou.svg
+	$(PY) tools/analysis_tools/accuracy.py --models $(ACCURACY_MODELS) --data-root "$(DEMO_DATA)" --work-root work_dirs --out "$(ACCURACY_OUT)" --chart docs/speed_vs_miou.svg
 
 # The wheel built from this checkout, installed into a throwaway environment that reuses the installed stack,
 # used from outside the checkout: models register, shipped configs load as mmseg_ext::..., a config inheriting

@@ -1,6 +1,6 @@
 """Numeric precision of inference and training: the bf16 path and the checks that guard it.
 
-One home for what ``--precision`` (``tools/test.py``, ``tools/infer.py``), ``--amp``
+One home for what ``--precision`` (``tools/test.py``, ``tools/deployment/infer.py``), ``--amp``
 (``tools/train.py``) and the benchmark's ``bf16`` variant need:
 
 * :func:`check_precision` refuses, in one line, a precision the device cannot run fast: bf16 on a CPU

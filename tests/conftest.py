@@ -15,7 +15,8 @@ torch.set_num_threads(1)
 def tiny_data(tmp_path_factory) -> Path:
     """A generated Cityscapes-layout dataset: 8 train and 4 val scenes of 64x128."""
     root = tmp_path_factory.mktemp('data') / 'cityscapes'
-    run_tool(['make_demo_data.py', root, '--train', 8, '--val', 4, '--height', 64, '--width', 128], cwd=REPO)
+    run_tool(['dataset_converters/make_demo_data.py', root, '--train', 8, '--val', 4, '--height', 64, '--width', 128],
+             cwd=REPO)
     return root
 
 

@@ -80,7 +80,8 @@ def write_tiny_config(path: Path, data_root: Path, max_iters: int = 4, backbone:
 
 def run_tool(args: List[str], cwd: Path, env_extra: Optional[dict] = None, timeout: int = 300,
              expect_ok: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python tools/<args...>`` (or a .sh tool) and return the finished process (output captured)."""
+    """Run ``python tools/<args...>`` (or a .sh tool) and return the finished process (output captured);
+    ``args[0]`` is the tool's path relative to tools/, e.g. ``'analysis_tools/benchmark.py'``."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     env.update(env_extra or {})
     tool = TOOLS / args[0]
@@ -93,8 +94,9 @@ def run_tool(args: List[str], cwd: Path, env_extra: Optional[dict] = None, timeo
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` in this process (tools/ is not a package), to call its functions."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', TOOLS / f'{name}.py')
+    """Import ``tools/<name>.py`` in this process (tools/ is not a package), to call its functions; ``name`` is
+    relative to tools/, e.g. ``'analysis_tools/benchmark'``."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name.replace("/", "_")}', TOOLS / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

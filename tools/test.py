@@ -12,7 +12,7 @@ Examples::
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis --out preds --fuse-conv-bn
     python tools/test.py CONFIG CHECKPOINT --precision bf16
-    python tools/test.py CONFIG MODEL.onnx      # a file from tools/export_onnx.py, run by onnxruntime
+    python tools/test.py CONFIG MODEL.onnx      # a file from tools/deployment/export_onnx.py, run by onnxruntime
     python tools/test.py CONFIG MODEL.onnx --runtime openvino
     bash tools/dist_test.sh CONFIG CHECKPOINT 2
 """
@@ -51,7 +51,8 @@ from mmseg_ext.preflight import PreflightError, check_datasets
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx file written by tools/export_onnx.py')
+    parser.add_argument('checkpoint',
+                        help='checkpoint file, or an .onnx file written by tools/deployment/export_onnx.py')
     parser.add_argument('--runtime', choices=RUNTIMES,
                         help='the runtime of an .onnx file (default: onnxruntime); not for a PyTorch checkpoint')
     parser.add_argument('--work-dir', help='directory for logs and the evaluation results (json)')

@@ -1,5 +1,5 @@
 # Data, evaluation and runtime for the embedded demo (`make demo`): the procedurally drawn street
-# scenes written by tools/make_demo_data.py in Cityscapes layout, read by mmseg's own
+# scenes written by tools/dataset_converters/make_demo_data.py in Cityscapes layout, read by mmseg's own
 # CityscapesDataset and scored by mmseg's IoUMetric. The model's data preprocessor (ImageNet mean/std,
 # BGR->RGB, padding to the crop) is set here for every demo; model configs beside this file add the
 # rest of the model, the optimizer and the schedule.

@@ -10,7 +10,7 @@
 # checkpoint (work_dirs/erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024/epoch_150.pth). The
 # published figure belongs to the full network (see stage 2); the authors report no figure for the
 # encoder stage on its own.
-# Also the config for the authors' encoder-stage checkpoints converted by tools/convert_checkpoint.py.
+# Also the config for the authors' encoder-stage checkpoints converted by tools/model_converters/convert_checkpoint.py.
 _base_ = ['mmseg::_base_/datasets/cityscapes.py', 'mmseg::_base_/default_runtime.py']
 
 # The authors' encoder-stage weights for Cityscapes train ids 0-18 (their id 19, the ignored label,

@@ -7,8 +7,8 @@
 # 1e-4, poly 0.9 per epoch, 150 epochs of batch 6, with the authors' decoder-stage class weights.
 # Target: 72.1 mIoU on Cityscapes val (69.8 on test), the figures the authors' PyTorch release
 # reports; their released erfnet_pretrained.pth scores 72.20 in their eval_iou.py at 1024x512.
-# Also the config for the authors' full-network checkpoints converted by tools/convert_checkpoint.py:
-#   python tools/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
+# Also the config for the authors' full-network checkpoints converted by tools/model_converters/convert_checkpoint.py:
+#   python tools/model_converters/convert_checkpoint.py erfnet_pretrained.pth checkpoints/erfnet_authors.pth
 #   python tools/test.py configs/erfnet/erfnet_paper_1xb6-150e_cityscapes-512x1024.py \
 #       checkpoints/erfnet_authors.pth
 _base_ = ['./erfnet_paper-encoder_1xb6-150e_cityscapes-512x1024.py', '../_base_/erfnet_class_weights.py']

@@ -1,7 +1,7 @@
 # HRNetV2-W48 + OCR, the authors' Cityscapes recipe (HRNet-Semantic-Segmentation, branch HRNet-OCR,
 # experiments/cityscapes/seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml).
 # Target: 81.6 mIoU on Cityscapes val (the authors' figure for train-set training, single scale, no
-# flip). This is also the config that tools/convert_checkpoint.py prints for the authors' released
+# flip). This is also the config that tools/model_converters/convert_checkpoint.py prints for the authors' released
 # HRNet-OCR checkpoints: the numerics follow theirs (align_corners=True in HRNet's fuse layers, in the
 # branch concatenation and in the final resize; aux head loss weight 0.4; dropout 0.05 before the
 # classifier; losses averaged over labelled pixels).

@@ -1,4 +1,4 @@
-"""Side-by-side measurement of segmentors, the machinery of ``tools/benchmark.py``.
+"""Side-by-side measurement of segmentors, the machinery of ``tools/analysis_tools/benchmark.py``.
 
 Speed claims in this project are ratios measured in one process with the same weights, the variants
 called in turn so that a busy shared machine slows them alike. The modules:

@@ -1,5 +1,5 @@
 """Allocator conditions. glibc reads its MALLOC_* tunables once, at start-up, so a condition applies to a
-fresh process (``tools/benchmark.py`` runs one per condition)."""
+fresh process (``tools/analysis_tools/benchmark.py`` runs one per condition)."""
 import os
 from typing import Dict, Optional
 

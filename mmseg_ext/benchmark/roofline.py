@@ -11,7 +11,7 @@ median seconds.
 Kernels per precision (:data:`KERNELS`, which says why these): torch's oneDNN kernels throughout,
 float32 and bfloat16 tensors, and for int8 oneDNN's quantized linear and convolution.
 
-Self-contained on purpose (torch only): ``tools/benchmark.py`` calls :func:`measure_roof` and
+Self-contained on purpose (torch only): ``tools/analysis_tools/benchmark.py`` calls :func:`measure_roof` and
 :func:`annotate_rows`.
 """
 import time
@@ -195,7 +195,7 @@ def measure_roof(shapes: RoofShapes = RoofShapes(), calls: int = 10, min_seconds
 # ----------------------------------------------------------------------------------------------------------
 # A benchmark row against the roof.
 
-# Variant steps (``tools/benchmark.py --variants``, joined by '+') that run the network in bfloat16.
+# Variant steps (``tools/analysis_tools/benchmark.py --variants``, joined by '+') that run the network in bfloat16.
 BF16_STEPS = frozenset({'amp', 'bf16', 'openvino-bf16'})
 
 
@@ -229,7 +229,7 @@ def achieved_rate(gflops: Optional[float], median_s: float, precision: str,
 
 def annotate_rows(condition: dict, roof: Optional[dict], task: str) -> None:
     """Add ``precision``, ``achieved_gmacs`` and ``roof_fraction`` to every row of one allocator condition
-    of ``tools/benchmark.py``'s results, in place.
+    of ``tools/analysis_tools/benchmark.py``'s results, in place.
 
     Only inference rows get rates: a training step's multiply-adds (backward included) are not counted,
     only its forward's, so its rows hold None.

@@ -1,6 +1,6 @@
-"""The exported model as variants of ``tools/benchmark.py``: ``onnxruntime`` (float32), ``onnxruntime-int8``
-(static int8, calibrated on the config's train split), and the same float32 file in OpenVINO,
-``openvino`` (float32) and ``openvino-bf16`` (bf16 inference precision, refused on a CPU without bf16),
+"""The exported model as variants of ``tools/analysis_tools/benchmark.py``: ``onnxruntime`` (float32),
+``onnxruntime-int8`` (static int8, calibrated on the config's train split), and the same float32 file in
+OpenVINO, ``openvino`` (float32) and ``openvino-bf16`` (bf16 inference precision, refused on a CPU without bf16),
 registered in :data:`.variants.VARIANT_STEPS` when :mod:`mmseg_ext.benchmark` is imported.
 
 Each exports a static graph of exactly the input it is timed on: the benchmark's ``--shape`` in whole

@@ -13,7 +13,7 @@ Two other layouts are published:
 Both map to mmseg's layout by renaming, stacking q, k and v into ``in_proj_weight``/``in_proj_bias``
 (mmseg keeps ``nn.MultiheadAttention``'s layout) and reshaping Linear weights into 1x1 conv weights.
 The same functions serve the backbone's pretrained loading (:mod:`mmseg_ext.checkpoint.mit_pretrained`)
-and ``tools/convert_checkpoint.py``.
+and ``tools/model_converters/convert_checkpoint.py``.
 """
 import re
 from collections import defaultdict

@@ -8,7 +8,7 @@
 
 The architecture of a converted model is read from the tensor shapes. Values of a Hugging Face
 ``config.json`` that the shapes do not show (attention heads, say) are checked by functions model families
-register with :func:`register_hf_config_check`; ``tools/convert_checkpoint.py`` runs them through
+register with :func:`register_hf_config_check`; ``tools/model_converters/convert_checkpoint.py`` runs them through
 :func:`check_hf_source_config` and refuses a config they cannot honour.
 """
 import json

@@ -129,7 +129,7 @@ def _describe_foreign_bytes(head: bytes) -> str:
         if head.startswith(signature):
             return what
     if len(head) >= 10 and head[8:10] == b'{"':
-        return 'a safetensors file (tools/convert_checkpoint.py reads published safetensors weights)'
+        return 'a safetensors file (tools/model_converters/convert_checkpoint.py reads published safetensors weights)'
     if head[:1] == b'\x80':
         return 'a Python pickle that torch.save did not write'
     try:

@@ -6,7 +6,8 @@ gives a randomly initialised network and a plausible-looking score. :func:`load_
 shape with the model's first and refuse a mismatch with :class:`WeightsMismatchError`: one line with the
 counts, a few examples of each kind and, when recognisable, the likely cause (another model family, another
 MiT variant, another class count, a backbone-only file, a published layout that
-``tools/convert_checkpoint.py`` converts). ``allow_partial=True`` loads what fits, for those who mean it.
+``tools/model_converters/convert_checkpoint.py`` converts). ``allow_partial=True`` loads what fits, for those who
+mean it.
 
 Reading the file goes through mmengine's loader, so unreadable files raise
 :class:`mmseg_ext.checkpoint.safe_unpickler.CheckpointFileError` (not a checkpoint, damaged, unsafe). Tools catch
@@ -235,8 +236,8 @@ def _published_layout(expected, given, summary) -> str:
             matches = False
         if matches:
             return (f'the file is still in the published {converter.name} layout; convert it with '
-                    f'`python tools/convert_checkpoint.py {summary.source} CONVERTED.pth` and use CONVERTED.pth '
-                    'with the config that command prints')
+                    f'`python tools/model_converters/convert_checkpoint.py {summary.source} CONVERTED.pth` '
+                    'and use CONVERTED.pth with the config that command prints')
     return ''
 
 

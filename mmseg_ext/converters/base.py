@@ -1,7 +1,7 @@
 """The interface every published-checkpoint converter implements, and format detection.
 
 A converter recognises one published layout from its keys alone and maps it onto this plugin's
-models. ``tools/convert_checkpoint.py`` tries every registered converter and refuses files that fit
+models. ``tools/model_converters/convert_checkpoint.py`` tries every registered converter and refuses files that fit
 none or several, so adding a family means adding one module that calls :func:`register_converter`.
 """
 import importlib

@@ -1,7 +1,7 @@
 """Deployment: ONNX export of mmseg segmentors and a segmentor that runs the file (ONNX Runtime or OpenVINO)
 and predicts as mmseg does.
 
-``tools/export_onnx.py`` writes the file (:mod:`.export`); :class:`ONNXRuntimeSegmentor` runs it inside
+``tools/deployment/export_onnx.py`` writes the file (:mod:`.export`); :class:`ONNXRuntimeSegmentor` runs it inside
 mmengine's runner and mmseg's inferencer (:mod:`.segmentor`); :mod:`.runtime` holds the session
 settings; :mod:`.quantize` the int8 path. Importing this package registers the segmentor and its data
 preprocessor in the plugin registry (``mmseg_ext.ONNXRuntimeSegmentor``).
@@ -28,4 +28,4 @@ def check_runtime_choice(path: str, runtime: Optional[str]) -> None:
     """Refuse a ``--runtime`` given with a PyTorch checkpoint (runtimes run exported files), in one line."""
     if runtime and not is_onnx_file(path):
         raise DeployError(f'--runtime {runtime} runs an exported .onnx file, not the checkpoint {path}: export it '
-                          'with tools/export_onnx.py, or drop --runtime')
+                          'with tools/deployment/export_onnx.py, or drop --runtime')

@@ -59,7 +59,7 @@ class DeployMetadata:
 def read_metadata(custom_metadata: dict, path: str) -> DeployMetadata:
     """The record in a session's ``custom_metadata_map``; :class:`DeployError` if the file has none."""
     if METADATA_KEY not in custom_metadata:
-        raise DeployError(f'{path} has no {METADATA_KEY} metadata: export it with tools/export_onnx.py')
+        raise DeployError(f'{path} has no {METADATA_KEY} metadata: export it with tools/deployment/export_onnx.py')
     try:
         return DeployMetadata.from_json(custom_metadata[METADATA_KEY])
     except (ValueError, TypeError) as error:

@@ -90,8 +90,8 @@ def _train_dataset_with_test_pipeline(cfg: Config):
         missing = error.filename or str(error)
         raise CalibrationDataMissing(
             f"int8 calibration reads the config's train images, but {missing} does not exist: point "
-            f"--cfg-options {key}.data_root=DIR at the dataset (tools/make_demo_data.py DIR writes demo scenes "
-            'in Cityscapes layout)') from None
+            f"--cfg-options {key}.data_root=DIR at the dataset (tools/dataset_converters/make_demo_data.py DIR "
+            'writes demo scenes in Cityscapes layout)') from None
     if len(dataset) == 0:
         raise CalibrationDataMissing(f'the train split of {dataset_cfg.get("data_root")} is empty: nothing to '
                                      f'calibrate int8 quantisation on (--cfg-options {key}.data_root=DIR)')
@@ -107,14 +107,14 @@ def check_calibration_data(cfg: Config) -> None:
 def benchmark_calibration_config(cfg: Config, scratch: str, images: int) -> Tuple[Config, str]:
     """The config to calibrate a benchmark's int8 graph on, and where its images come from: the config
     itself when its train images are there, else a copy reading ``images`` demo scenes
-    (``tools/make_demo_data.py``) written to ``scratch`` through the config's own test pipeline."""
+    (``tools/dataset_converters/make_demo_data.py``) written to ``scratch`` through the config's own test pipeline."""
     try:
         check_calibration_data(cfg)
         return cfg, CONFIG_CALIBRATION
     except CalibrationDataMissing:
         pass
     root = osp.join(scratch, 'demo_scenes')
-    script = osp.join(_REPO, 'tools', 'make_demo_data.py')
+    script = osp.join(_REPO, 'tools', 'dataset_converters', 'make_demo_data.py')
     if not osp.isfile(script):
         raise CalibrationDataMissing(f'the config\'s train images are absent and {script} (the demo scenes) is not '
                                      'there either: run from a checkout of mmseg_ext')

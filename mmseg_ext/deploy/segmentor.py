@@ -84,7 +84,7 @@ class RawSegDataPreProcessor(SegDataPreProcessor):
 
 @MODELS.register_module()
 class ONNXRuntimeSegmentor(EncoderDecoder):
-    """Runs a file written by ``tools/export_onnx.py`` with ONNX Runtime (default) or OpenVINO; predicts
+    """Runs a file written by ``tools/deployment/export_onnx.py`` with ONNX Runtime (default) or OpenVINO; predicts
     as ``EncoderDecoder`` does, with the graph as its ``encode_decode``.
 
     Args:
