@@ -78,8 +78,9 @@ def run(*command: str) -> str:
     return proc.stdout
 
 
-check(str(PACKAGE).startswith(VENV) and not any(p.startswith(REPO) for p in sys.path),
-      f'mmseg_ext {mmseg_ext.__version__} imported from {PACKAGE}, nothing from {REPO} on sys.path')
+# The stack's site-packages may lie inside the checkout (its .venv); the checkout's own root must not be on the path.
+check(str(PACKAGE).startswith(VENV) and not any(p and Path(p).resolve() == Path(REPO).resolve() for p in sys.path),
+      f'mmseg_ext {mmseg_ext.__version__} imported from {PACKAGE}, the checkout {REPO} not on sys.path')
 
 init_default_scope('mmseg')
 erfnet = MODELS.build(dict(type='mmseg_ext.ERFNet'))
