@@ -49,54 +49,49 @@ def linear_to_conv1x1(weight: Tensor) -> Tensor:
     """A ``Linear`` weight ``(out, in)`` as the weight ``(out, in, 1, 1)`` of the equivalent 1x1 conv."""
     return weight.reshape(*weight.shape, 1, 1) if weight.dim() == 2 else weight
 
-# (pattern, replacement, value transform); stage indices in NVlabs keys start at 1.
-_NVLABS_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]]] = [
-    (r'patch_embed(\d+)\.proj\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.0.projection.{m[2]}', lambda t: t),
-    (r'patch_embed(\d+)\.norm\.(weight|bias)', lambda m: f'layers.{int(m[1]) - 1}.0.norm.{m[2]}', lambda t: t),
-    (r'block(\d+)\.(\d+)\.(norm1|norm2)\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.{m[3]}.{m[4]}', lambda t: t),
-    (r'block(\d+)\.(\d+)\.attn\.proj\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.attn.attn.out_proj.{m[3]}', lambda t: t),
-    (r'block(\d+)\.(\d+)\.attn\.(sr|norm)\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.attn.{m[3]}.{m[4]}', lambda t: t),
-    (r'block(\d+)\.(\d+)\.mlp\.fc1\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.0.{m[3]}', linear_to_conv1x1),
-    (r'block(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
-    (r'block(\d+)\.(\d+)\.mlp\.fc2\.(weight|bias)',
-     lambda m: f'layers.{int(m[1]) - 1}.1.{m[2]}.ffn.layers.4.{m[3]}', linear_to_conv1x1),
-    (r'norm(\d+)\.(weight|bias)', lambda m: f'layers.{int(m[1]) - 1}.2.{m[2]}', lambda t: t),
+
+# One row per encoder tensor: mmseg's key, the NVlabs key, the Hugging Face key, and the value transform.
+# Placeholders: {stage} (0-based in mmseg and Hugging Face keys, 1-based in NVlabs keys), {block}, {i}
+# (1 or 2: the block's two LayerNorms) and {param} (weight or bias). q, k and v are stacked separately.
+_KEY_TABLE: List[Tuple[str, str, str, Callable[[Tensor], Tensor]]] = [
+    ('layers.{stage}.0.projection.{param}', 'patch_embed{stage}.proj.{param}',
+     'encoder.patch_embeddings.{stage}.proj.{param}', lambda t: t),
+    ('layers.{stage}.0.norm.{param}', 'patch_embed{stage}.norm.{param}',
+     'encoder.patch_embeddings.{stage}.layer_norm.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.norm{i}.{param}', 'block{stage}.{block}.norm{i}.{param}',
+     'encoder.block.{stage}.{block}.layer_norm_{i}.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.attn.attn.out_proj.{param}', 'block{stage}.{block}.attn.proj.{param}',
+     'encoder.block.{stage}.{block}.attention.output.dense.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.attn.sr.{param}', 'block{stage}.{block}.attn.sr.{param}',
+     'encoder.block.{stage}.{block}.attention.self.sr.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.attn.norm.{param}', 'block{stage}.{block}.attn.norm.{param}',
+     'encoder.block.{stage}.{block}.attention.self.layer_norm.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.ffn.layers.0.{param}', 'block{stage}.{block}.mlp.fc1.{param}',
+     'encoder.block.{stage}.{block}.mlp.dense1.{param}', linear_to_conv1x1),
+    ('layers.{stage}.1.{block}.ffn.layers.1.{param}', 'block{stage}.{block}.mlp.dwconv.dwconv.{param}',
+     'encoder.block.{stage}.{block}.mlp.dwconv.dwconv.{param}', lambda t: t),
+    ('layers.{stage}.1.{block}.ffn.layers.4.{param}', 'block{stage}.{block}.mlp.fc2.{param}',
+     'encoder.block.{stage}.{block}.mlp.dense2.{param}', linear_to_conv1x1),
+    ('layers.{stage}.2.{param}', 'norm{stage}.{param}', 'encoder.layer_norm.{stage}.{param}', lambda t: t),
 ]
-_NVLABS_QKV = re.compile(r'block(\d+)\.(\d+)\.attn\.(q|kv)\.(weight|bias)')
+# The attention inputs: NVlabs stores q and a stacked kv, Hugging Face query, key and value.
+_NVLABS_QKV = 'block{stage}.{block}.attn.{piece}.{param}'
+_HF_QKV = 'encoder.block.{stage}.{block}.attention.self.{piece}.{param}'
 
-_HF_RULES: List[Tuple[str, Callable[[re.Match], str], Callable[[Tensor], Tensor]]] = [
-    (r'encoder\.patch_embeddings\.(\d+)\.proj\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.0.projection.{m[2]}', lambda t: t),
-    (r'encoder\.patch_embeddings\.(\d+)\.layer_norm\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.0.norm.{m[2]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.layer_norm_(1|2)\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.norm{m[3]}.{m[4]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.output\.dense\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.attn.out_proj.{m[3]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.sr\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.sr.{m[3]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.layer_norm\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.attn.norm.{m[3]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense1\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.0.{m[3]}', linear_to_conv1x1),
-    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.1.{m[3]}', lambda t: t),
-    (r'encoder\.block\.(\d+)\.(\d+)\.mlp\.dense2\.(weight|bias)',
-     lambda m: f'layers.{m[1]}.1.{m[2]}.ffn.layers.4.{m[3]}', linear_to_conv1x1),
-    (r'encoder\.layer_norm\.(\d+)\.(weight|bias)', lambda m: f'layers.{m[1]}.2.{m[2]}', lambda t: t),
-]
-_HF_QKV = re.compile(r'encoder\.block\.(\d+)\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)')
+_PLACEHOLDER_PATTERNS = {'stage': r'\d+', 'block': r'\d+', 'i': '[12]', 'param': 'weight|bias'}
 
 
-def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, qkv_order: Sequence[str],
+def _key_pattern(template: str, pieces: Sequence[str] = ()) -> re.Pattern:
+    """A template such as ``'block{stage}.{block}.norm{i}.{param}'`` as a regex with one named group a field."""
+    patterns = dict(_PLACEHOLDER_PATTERNS, piece='|'.join(pieces))
+    return re.compile(re.sub(r'\\\{(\w+)\\\}', lambda m: f'(?P<{m[1]}>{patterns[m[1]]})', re.escape(template)))
+
+
+def _convert(state_dict: Mapping[str, Tensor], column: int, qkv_template: str, qkv_order: Sequence[str],
              stage_offset: int) -> Tuple[StateDict, List[str]]:
-    compiled = [(re.compile(pattern), rename, transform) for pattern, rename, transform in rules]
+    """Map one published layout (``column`` of :data:`_KEY_TABLE`) onto mmseg's keys."""
+    rules = [(_key_pattern(row[column]), row[0], row[3]) for row in _KEY_TABLE]
+    qkv_pattern = _key_pattern(qkv_template, qkv_order)
     out: StateDict = {}
     unused: List[str] = []
     qkv_parts: Dict[Tuple[int, int, str], Dict[str, Tensor]] = defaultdict(dict)
@@ -104,14 +99,17 @@ def _convert(state_dict: Mapping[str, Tensor], rules, qkv_pattern: re.Pattern, q
     for key, value in state_dict.items():
         match = qkv_pattern.fullmatch(key)
         if match:
-            stage, block, piece, param = int(match[1]) - stage_offset, int(match[2]), match[3], match[4]
+            stage, block, piece, param = (int(match['stage']) - stage_offset, int(match['block']),
+                                          match['piece'], match['param'])
             qkv_parts[(stage, block, param)][piece] = value
             qkv_names[(stage, block, param, piece)] = key
             continue
-        for pattern, rename, transform in compiled:
+        for pattern, target, transform in rules:
             match = pattern.fullmatch(key)
             if match:
-                out[rename(match)] = transform(value)
+                fields = match.groupdict()
+                fields['stage'] = int(fields['stage']) - stage_offset
+                out[target.format(**fields)] = transform(value)
                 break
         else:
             unused.append(key)
@@ -125,7 +123,7 @@ def nvlabs_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict
     Returns:
         The converted tensors and the keys that are not part of the NVlabs encoder layout.
     """
-    return _convert(state_dict, _NVLABS_RULES, _NVLABS_QKV, ('q', 'kv'), stage_offset=1)
+    return _convert(state_dict, 1, _NVLABS_QKV, ('q', 'kv'), stage_offset=1)
 
 
 def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:
@@ -134,7 +132,7 @@ def hf_to_mmseg_encoder(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, Li
     Returns:
         The converted tensors and the keys that are not part of the Hugging Face encoder layout.
     """
-    return _convert(state_dict, _HF_RULES, _HF_QKV, ('query', 'key', 'value'), stage_offset=0)
+    return _convert(state_dict, 2, _HF_QKV, ('query', 'key', 'value'), stage_offset=0)
 
 
 def _mmseg_identity(state_dict: Mapping[str, Tensor]) -> Tuple[StateDict, List[str]]:

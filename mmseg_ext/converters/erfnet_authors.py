@@ -72,6 +72,21 @@ def _non_bottleneck(prefix: str, target: str, channels: int, layout: dict) -> No
             layout[f'{prefix}.{part}.{entry}'] = (f'{target}.convs_layers.{index}.{entry}', shape)
 
 
+def _add_layers(layers: List[Tuple[str, int, int]], source: str, target: str, first_target_index: int,
+                in_channels: int, layout: dict) -> int:
+    """Add the authors' ``{source}.{i}`` as ``{target}.{first_target_index + i}``; returns the output channels."""
+    resamplers = {'down': _downsampler, 'up': _upsampler}
+    channels = in_channels
+    for index, (kind, out_channels, _) in enumerate(layers):
+        prefix, module = f'{source}.{index}', f'{target}.{first_target_index + index}'
+        if kind == 'block':
+            _non_bottleneck(prefix, module, out_channels, layout)
+        else:
+            resamplers[kind](prefix, module, channels, out_channels, layout)
+        channels = out_channels
+    return channels
+
+
 def authors_erfnet_layout(num_outputs: int, with_decoder: bool) -> Dict[str, Tuple[str, tuple]]:
     """The authors' keys (without ``module.``) -> (plugin segmentor key, expected shape).
 
@@ -81,27 +96,14 @@ def authors_erfnet_layout(num_outputs: int, with_decoder: bool) -> Dict[str, Tup
     """
     layout: Dict[str, Tuple[str, tuple]] = {}
     _downsampler('encoder.initial_block', 'backbone.encoder.0', 3, 16, layout)
-    channels = 16
-    for index, (kind, out_channels, _) in enumerate(_ENCODER_LAYERS):
-        prefix, target = f'encoder.layers.{index}', f'backbone.encoder.{index + 1}'
-        if kind == 'down':
-            _downsampler(prefix, target, channels, out_channels, layout)
-        else:
-            _non_bottleneck(prefix, target, out_channels, layout)
-        channels = out_channels
+    channels = _add_layers(_ENCODER_LAYERS, 'encoder.layers', 'backbone.encoder', 1, 16, layout)
     encoder_classifier = 'decode_head.conv_seg' if not with_decoder else None
     layout['encoder.output_conv.weight'] = (f'{encoder_classifier}.weight' if encoder_classifier else None,
                                             (num_outputs, 128, 1, 1))
     layout['encoder.output_conv.bias'] = (f'{encoder_classifier}.bias' if encoder_classifier else None,
                                           (num_outputs, ))
     if with_decoder:
-        for index, (kind, out_channels, _) in enumerate(_DECODER_LAYERS):
-            prefix, target = f'decoder.layers.{index}', f'backbone.decoder.{index}'
-            if kind == 'up':
-                _upsampler(prefix, target, channels, out_channels, layout)
-            else:
-                _non_bottleneck(prefix, target, out_channels, layout)
-            channels = out_channels
+        _add_layers(_DECODER_LAYERS, 'decoder.layers', 'backbone.decoder', 0, channels, layout)
         layout['decoder.output_conv.weight'] = ('decode_head.conv_seg.weight', (16, num_outputs, 2, 2))
         layout['decoder.output_conv.bias'] = ('decode_head.conv_seg.bias', (num_outputs, ))
     return layout

@@ -95,9 +95,27 @@ class _SegformerConverter(CheckpointConverter):
                             "backbone init_cfg=dict(type='Pretrained', checkpoint=...), no conversion needed")
         return problems
 
+    #: The source decoder's module names (without ``decode_head.``): the per-stage Linear (``{stage}``
+    #: as the layout numbers stages), the fusion conv, its BN and the classifier.
+    stage_linear = ''
+    first_stage = 0
+    fuse_conv = ''
+    fuse_bn = ''
+    classifier = ''
+
     def _decoder_map(self, num_stages: int) -> Dict[str, Tuple[str, bool]]:
         """Source decoder key (without prefix) -> (plugin key without ``decode_head.``, reshape to 1x1)."""
-        raise NotImplementedError
+        mapping = {}
+        for stage in range(num_stages):
+            source = self.stage_linear.format(stage=stage + self.first_stage)
+            for param in ('weight', 'bias'):
+                mapping[f'{source}.{param}'] = (f'convs.{stage}.conv.{param}', True)
+        mapping[f'{self.fuse_conv}.weight'] = ('fusion_conv.conv.weight', False)
+        for param in BN_STATE_ENTRIES:
+            mapping[f'{self.fuse_bn}.{param}'] = (f'fusion_conv.bn.{param}', False)
+        for param in ('weight', 'bias'):
+            mapping[f'{self.classifier}.{param}'] = (f'conv_seg.{param}', False)
+        return mapping
 
     def convert(self, state_dict: Mapping[str, Tensor]) -> ConversionResult:
         extraction: EncoderExtraction = extract_mit_encoder(
@@ -163,17 +181,8 @@ class SegformerNVlabsConverter(_SegformerConverter):
     encoder_prefix = 'backbone.'
     ignored_decoder_keys = ('conv_seg.weight', 'conv_seg.bias')
 
-    def _decoder_map(self, num_stages: int) -> Dict[str, Tuple[str, bool]]:
-        mapping = {}
-        for stage in range(num_stages):
-            for param in ('weight', 'bias'):
-                mapping[f'linear_c{stage + 1}.proj.{param}'] = (f'convs.{stage}.conv.{param}', True)
-        mapping['linear_fuse.conv.weight'] = ('fusion_conv.conv.weight', False)
-        for param in BN_STATE_ENTRIES:
-            mapping[f'linear_fuse.bn.{param}'] = (f'fusion_conv.bn.{param}', False)
-        mapping['linear_pred.weight'] = ('conv_seg.weight', False)
-        mapping['linear_pred.bias'] = ('conv_seg.bias', False)
-        return mapping
+    stage_linear, first_stage = 'linear_c{stage}.proj', 1
+    fuse_conv, fuse_bn, classifier = 'linear_fuse.conv', 'linear_fuse.bn', 'linear_pred'
 
     def _layer_norm_notes(self) -> List[str]:
         return ['NVlabs uses LayerNorm eps 1e-5 in the patch embeddings and attention reductions where the '
@@ -191,22 +200,12 @@ class SegformerHFConverter(_SegformerConverter):
                  'decode_head.classifier.weight')
     encoder_prefix = 'segformer.'
 
-    def _decoder_map(self, num_stages: int) -> Dict[str, Tuple[str, bool]]:
-        mapping = {}
-        for stage in range(num_stages):
-            for param in ('weight', 'bias'):
-                mapping[f'linear_c.{stage}.proj.{param}'] = (f'convs.{stage}.conv.{param}', True)
-        mapping['linear_fuse.weight'] = ('fusion_conv.conv.weight', False)
-        for param in BN_STATE_ENTRIES:
-            mapping[f'batch_norm.{param}'] = (f'fusion_conv.bn.{param}', False)
-        mapping['classifier.weight'] = ('conv_seg.weight', False)
-        mapping['classifier.bias'] = ('conv_seg.bias', False)
-        return mapping
+    stage_linear, first_stage = 'linear_c.{stage}.proj', 0
+    fuse_conv, fuse_bn, classifier = 'linear_fuse', 'batch_norm', 'classifier'
 
     def _layer_norm_notes(self) -> List[str]:
         return ['transformers uses LayerNorm eps 1e-5 where the config (as mmseg and NVlabs) uses 1e-6; the '
                 'effect on the logits is far below 1e-3 relative']
-
 
 
 register_converter(SegformerNVlabsConverter())

@@ -195,6 +195,8 @@ class ERFNetNonBottleneck1d(MMSegNonBottleneck1d):
 class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
     """ERFNet upsampler: 3x3 stride-2 transposed conv (doubles the size), norm, act.
 
+    The constructor is mmseg's, unchanged (its BN eps default is ``AUTHORS_BN_EPS``).
+
     Args:
         in_channels: Number of input channels.
         out_channels: Number of output channels.
@@ -204,16 +206,6 @@ class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
         act_cfg: Config of the activation layer.
         init_cfg: Initialization config dict.
     """
-
-    def __init__(self,
-                 in_channels: int,
-                 out_channels: int,
-                 conv_cfg: OptConfigType = None,
-                 norm_cfg: dict = dict(type='BN', eps=AUTHORS_BN_EPS),
-                 act_cfg: dict = dict(type='ReLU'),
-                 init_cfg: OptMultiConfig = None) -> None:
-        super().__init__(in_channels, out_channels, conv_cfg=conv_cfg, norm_cfg=norm_cfg,
-                         act_cfg=act_cfg, init_cfg=init_cfg)
 
     @torch.no_grad()
     def fold_bn(self) -> None:

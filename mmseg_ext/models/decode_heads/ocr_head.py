@@ -185,15 +185,7 @@ class ObjectAttentionBlock(nn.Module):
         return context
 
     def forward(self, feats: Tensor, regions: Tensor) -> Tensor:
-        """Augment each pixel's features with its object context.
-
-        Args:
-            feats: Pixel features, shape (N, C, H, W).
-            regions: Region representations, shape (N, C, K, 1).
-
-        Returns:
-            Fused features, shape (N, C, H, W).
-        """
+        """Each pixel's features fused with its object context, (N, C, H, W); inputs as :meth:`object_context`."""
         context = self.object_context(feats, regions)
         return self.bottleneck(torch.cat([context, feats], dim=1))
 
