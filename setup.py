@@ -29,6 +29,9 @@ setup(
         'mmsegmentation>=1.2.0,<1.3',
         'mmengine>=0.10,<1',
         'mmcv>=2.0.0rc4,<2.2.0',
+        # mmengine (0.10.7 and before) resolves `mmseg::` / `mmseg_ext::` config names through pkg_resources,
+        # which setuptools 81 removed.
+        'setuptools<81',
         'ftfy',
         'regex',
     ],

@@ -36,8 +36,6 @@ with a Transpose pair around every group of convolutions.
 """
 import copy
 import os.path as osp
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,6 +43,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from mmengine.config import Config
 
+from mmseg_ext.datasets.demo_scenes import write_demo_dataset
 from mmseg_ext.preflight import leaf_datasets
 from .metadata import INPUT_NAME, DeployError, DeployMetadata
 from .segmentor import slide_windows
@@ -62,7 +61,6 @@ INTEGER_NODE_TYPES = ('QLinearConv', 'QGemm', 'MatMulIntegerToFloat', 'QLinearMa
                       'QLinearConcat', 'QLinearSoftmax', 'ConvInteger', 'MatMulInteger', 'DynamicQuantizeMatMul')
 CONFIG_CALIBRATION = "the config's train split"
 DEMO_CALIBRATION = 'demo scenes (config data absent)'
-_REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 class CalibrationDataMissing(DeployError):
@@ -107,19 +105,14 @@ def check_calibration_data(cfg: Config) -> None:
 def benchmark_calibration_config(cfg: Config, scratch: str, images: int) -> Tuple[Config, str]:
     """The config to calibrate a benchmark's int8 graph on, and where its images come from: the config
     itself when its train images are there, else a copy reading ``images`` demo scenes
-    (``tools/dataset_converters/make_demo_data.py``) written to ``scratch`` through the config's own test pipeline."""
+    (:mod:`mmseg_ext.datasets.demo_scenes`) written to ``scratch`` through the config's own test pipeline."""
     try:
         check_calibration_data(cfg)
         return cfg, CONFIG_CALIBRATION
     except CalibrationDataMissing:
         pass
     root = osp.join(scratch, 'demo_scenes')
-    script = osp.join(_REPO, 'tools', 'dataset_converters', 'make_demo_data.py')
-    if not osp.isfile(script):
-        raise CalibrationDataMissing(f'the config\'s train images are absent and {script} (the demo scenes) is not '
-                                     'there either: run from a checkout of mmseg_ext')
-    subprocess.run([sys.executable, script, root, '--train', str(images), '--val', '1'], check=True,
-                   stdout=subprocess.DEVNULL)
+    write_demo_dataset(root, train=images, val=1)
     demo = copy.deepcopy(cfg)
     demo.train_dataloader.dataset = dict(type='CityscapesDataset', data_root=root,
                                          data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))

@@ -116,5 +116,11 @@ relative = re.search(r'against PyTorch: .*relative ([0-9.e+-]+)', out)
 check(osp.isfile('segformer_b0.onnx') and relative is not None and float(relative.group(1)) < 1e-4,
       f'the converted model exports to ONNX with the shipped export_onnx.py; ONNX Runtime agrees with PyTorch:\n'
       f'{out.strip()}')
+
+# The converted config's Cityscapes images are absent here: int8 calibrates on the package's demo scenes.
+out = run(tool('benchmark.py'), config, 'segformer_b0.pth', '--variants', 'onnxruntime', 'onnxruntime-int8',
+          '--shape', '64', '128', '--mode', 'whole', '--repeats', '1', '--warmup', '0', '--no-flops', '--no-roof')
+check('demo scenes' in out and 'onnxruntime-int8' in out,
+      f'the shipped benchmark.py quantises it to int8, calibrated on the packaged demo scenes:\n{out.strip()}')
 EOF
 say "passed"
