@@ -3,10 +3,12 @@
 :func:`fuse_conv_bn` lets plugin modules that know how to fold themselves do so (they define a
 ``fold_bn()`` method, see :class:`FoldsOwnBatchNorm`) and hands every other layer to
 ``mmcv.cnn.fuse_conv_bn``, so mixed models (a plugin backbone with an mmseg head, mmseg models with
-plugin blocks inside) are folded in one call. The per-layer maths those modules use
-(:func:`fold_bn_into_conv`, which also folds a slice of a norm's channels) lives here too.
+plugin blocks inside) are folded in one call. A parent-library module that mmcv would fold wrongly or not
+at all has a substitute: an equivalent plugin module, same weights and outputs, that folds itself. The
+per-layer maths those modules use (:func:`fold_bn_into_conv`, which also folds a slice of a norm's
+channels) lives here too.
 """
-from typing import List, Optional, Protocol, Tuple, Union, runtime_checkable
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, Type, Union, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -31,6 +33,20 @@ class FoldsOwnBatchNorm(Protocol):
         """Fold this module's batch norms in place."""
 
 
+def _folding_substitutes() -> Dict[Type[nn.Module], Callable[[nn.Module], nn.Module]]:
+    """Exact module type -> a function returning an equivalent module (same weights, statistics, mode) that
+    folds itself: for parent-library modules mmcv's folding gets wrong or leaves unfolded."""
+    # Imported here: the plugin's models import this module.
+    from mmseg.models.backbones import erfnet as mmseg_erfnet
+
+    from mmseg_ext.models.backbones.erfnet import plugin_block_from_mmseg
+
+    # The downsampler's norm follows the concatenation of conv and max-pool channels (mmcv would fold it into the
+    # conv alone); mmcv does not fold the upsampler's transposed conv at all.
+    return {mmseg_erfnet.DownsamplerBlock: plugin_block_from_mmseg,
+            mmseg_erfnet.UpsamplerBlock: plugin_block_from_mmseg}
+
+
 def _folds_itself(module: nn.Module) -> bool:
     return callable(getattr(type(module), 'fold_bn', None))
 
@@ -39,15 +55,19 @@ class _FoldedElsewhere(nn.Identity):
     """Stands in for a self-folding module while mmcv folds the rest of the model."""
 
 
-def _detach_self_folding(module: nn.Module,
-                         detached: List[Tuple[nn.Module, str, nn.Module]]) -> None:
-    """Swap every outermost self-folding descendant of ``module`` for a placeholder, recording it."""
+def _detach_self_folding(module: nn.Module, detached: List[Tuple[nn.Module, str, nn.Module]],
+                         substitutes: Dict[Type[nn.Module], Callable[[nn.Module], nn.Module]]) -> None:
+    """Swap every outermost self-folding descendant of ``module`` for a placeholder, recording it (a module
+    with a substitute is first replaced by it, for good)."""
     for name, child in module.named_children():
+        if type(child) in substitutes:
+            child = substitutes[type(child)](child)
+            module._modules[name] = child
         if _folds_itself(child):
             detached.append((module, name, child))
             module._modules[name] = _FoldedElsewhere()
         else:
-            _detach_self_folding(child, detached)
+            _detach_self_folding(child, detached, substitutes)
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
@@ -58,13 +78,25 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     ``mmcv.cnn.fuse_conv_bn``, which folds a ``BatchNorm``/``SyncBatchNorm`` into the ``nn.Conv2d``
     before it in the same parent module and replaces the norm with ``nn.Identity``.
 
+    A module mmcv would fold wrongly or not at all is first replaced by its substitute: mmseg's ERFNet
+    ``DownsamplerBlock`` (its norm follows the concatenation of conv and max-pool channels) and
+    ``UpsamplerBlock`` (a transposed conv) by the plugin's blocks with the same weights.
+
     Outputs in eval mode are unchanged up to float rounding; the folded model should not be trained.
+
+    Raises:
+        InvalidArgumentError: if ``model`` itself is such a module (it cannot be replaced in place).
     """
+    substitutes = _folding_substitutes()
+    if type(model) in substitutes:
+        raise InvalidArgumentError(f'a bare {type(model).__module__}.{type(model).__name__} cannot be folded in '
+                                   'place (mmcv cannot fold it; the plugin substitutes its own block inside a '
+                                   'parent module): fold the model that contains it')
     if _folds_itself(model):
         model.fold_bn()
         return model
     detached: List[Tuple[nn.Module, str, nn.Module]] = []
-    _detach_self_folding(model, detached)
+    _detach_self_folding(model, detached, substitutes)
     try:
         mmcv_fuse_conv_bn(model)
     finally:

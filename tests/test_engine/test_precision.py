@@ -131,14 +131,15 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
 
 
 @needs_bf16
-def test_test_tool_evaluates_in_bf16(trained_run, tmp_path):
+def test_test_tool_evaluates_in_bf16_and_folded(trained_run, tmp_path):
+    """The tiny config's backbone is mmseg's ERFNet, which mmcv alone cannot fold (bf16 folds too)."""
     config, work_dir, _ = trained_run
     out = {}
-    for name in ('float32', 'bf16'):
-        # the tiny config's backbone is mmseg's ERFNet, which mmcv cannot fold; the plugin's takes its weights
-        proc = run_tool(['test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp_path / name,
-                         '--precision', name, '--cfg-options', 'model.backbone.type=mmseg_ext.ERFNet'], cwd=tmp_path)
+    for name, flags in (('float32', []), ('folded', ['--fuse-conv-bn']), ('bf16', ['--precision', 'bf16'])):
+        proc = run_tool(['test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp_path / name] + flags,
+                        cwd=tmp_path)
         out[name] = float(re.search(r'\[test\] aAcc: [\d.]+\s+mIoU: ([\d.]+)', proc.stdout).group(1))
+    assert abs(out['folded'] - out['float32']) < 0.05, out  # the same maths, rounded differently
     assert abs(out['bf16'] - out['float32']) < 5.0, out
 
 

@@ -83,6 +83,26 @@ def test_mmseg_erfnet_weights_fold_through_plugin_model():
         assert max_abs_diff(fuse_conv_bn(plugin)(inputs)[0], reference(inputs)[0]) <= 1e-4
 
 
+@pytest.mark.parametrize('size', [(40, 72), (37, 59)])
+def test_mmseg_erfnet_folds_in_place_through_the_plugin_blocks(size):
+    """mmseg's down- and upsamplers are swapped for the plugin's (same weights), then everything folds."""
+    reference = randomize_batch_norms(MMSegERFNet()).eval()
+    model = fuse_conv_bn(copy.deepcopy(reference))
+    assert list(batch_norms(model)) == []
+    assert type(model) is MMSegERFNet
+    replaced = [type(module).__name__ for module in model.modules() if type(module).__module__.startswith('mmseg_ext')]
+    assert replaced.count('ERFNetDownsamplerBlock') == 3 and replaced.count('ERFNetUpsamplerBlock') == 2
+    inputs = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert max_abs_diff(model(inputs)[0], reference(inputs)[0]) <= 1e-4
+
+
+def test_a_bare_mmseg_downsampler_is_refused_in_one_line():
+    from mmseg.models.backbones.erfnet import DownsamplerBlock
+    with pytest.raises(ValueError, match='bare mmseg.models.backbones.erfnet.DownsamplerBlock cannot be folded'):
+        fuse_conv_bn(DownsamplerBlock(3, 16))
+
+
 def test_other_models_are_folded_exactly_like_mmcv():
     torch.manual_seed(0)
     model = nn.Sequential(

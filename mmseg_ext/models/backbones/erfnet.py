@@ -215,6 +215,17 @@ class ERFNetUpsamplerBlock(MMSegUpsamplerBlock):
             self.bn = nn.Identity()
 
 
+def plugin_block_from_mmseg(block: Union[MMSegDownsamplerBlock, MMSegUpsamplerBlock]) -> nn.Module:
+    """The plugin's block (which folds its own norm) with mmseg ``block``'s configuration, weights, statistics,
+    device and mode; :func:`mmseg_ext.fuse_conv_bn` puts it in place of mmseg's."""
+    plugin_type = {MMSegDownsamplerBlock: ERFNetDownsamplerBlock,
+                   MMSegUpsamplerBlock: ERFNetUpsamplerBlock}[type(block)]
+    plugin = plugin_type(block.conv.in_channels, block.bn.num_features, conv_cfg=block.conv_cfg,
+                         norm_cfg=block.norm_cfg, act_cfg=block.act_cfg)
+    plugin.load_state_dict(block.state_dict())
+    return plugin.to(block.conv.weight.device).train(block.training)
+
+
 #: mmseg's names of the blocks (``mmseg.models.backbones.erfnet``), with mmseg's constructor signatures.
 DownsamplerBlock = ERFNetDownsamplerBlock
 NonBottleneck1d = ERFNetNonBottleneck1d
