@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from utils import run_tool
+from utils import load_tool, run_tool
 
 
 
@@ -108,3 +108,28 @@ def test_bad_inputs_are_refused_before_loading_the_model(trained_run, tmp_path, 
     proc = run_tool(['deployment/infer.py', config, work_dir / 'iter_4.pth', tmp_path / name,
                      '--out-dir', tmp_path / 'o'], cwd=tmp_path, expect_ok=False)
     assert proc.returncode == 2 and f'{message}: {tmp_path / name}' in proc.stderr
+
+
+def test_output_names_keep_inputs_that_share_a_name_apart():
+    names = load_tool('deployment/infer').output_names(
+        ['x/a/0001.png', 'x/b/0001.png', 'y/c.png', 'd/clip.png', 'd/clip.jpg', 'q/r/s.png', 'z/r/s.png', 'w/t/s.png'])
+    assert names == {'x/a/0001.png': 'a__0001', 'x/b/0001.png': 'b__0001', 'y/c.png': 'c',
+                     'd/clip.png': 'clip.png', 'd/clip.jpg': 'clip.jpg',
+                     'q/r/s.png': 'q__r__s', 'z/r/s.png': 'z__r__s', 'w/t/s.png': 't__s'}
+
+
+def test_same_named_inputs_do_not_overwrite_each_other(trained_run, tiny_data, tmp_path):
+    config, work_dir, _ = trained_run
+    first, second = _val_images(tiny_data)[:2]
+    for folder, source in (('a', first), ('b', second)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / 'frame.png').write_bytes(source.read_bytes())
+    out = tmp_path / 'out'
+    proc = run_tool(['deployment/infer.py', config, work_dir / 'iter_4.pth', tmp_path / 'a', tmp_path / 'b',
+                     tmp_path / 'a' / 'frame.png', '--out-dir', out], cwd=tmp_path)
+    assert '[infer] 2 images and 0 video frames segmented' in proc.stdout  # the repeated file once
+    assert 'their outputs are named a__frame, b__frame' in proc.stdout
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        f'{name}_{kind}.png' for name in ('a__frame', 'b__frame') for kind in ('labels', 'color', 'overlay'))
+    overlays = [cv2.imread(str(out / f'{name}_overlay.png')) for name in ('a__frame', 'b__frame')]
+    assert not np.array_equal(*overlays)

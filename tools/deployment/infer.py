@@ -7,6 +7,9 @@ For every input image ``NAME.ext`` it writes, into ``--out-dir``:
 * ``NAME_overlay.png``: the colour mask blended over the image (``--opacity``).
 
 A video ``NAME.mp4`` gives ``NAME_overlay.mp4``, ``NAME_color.mp4`` and ``NAME_labels/000000.png`` ...
+Inputs that share a ``NAME`` (``a/0001.png`` and ``b/0001.png``) are named by as many of their parent
+folders as tell them apart (``a__0001_labels.png``, ``b__0001_labels.png``), so no output overwrites
+another; the same file given twice is segmented once.
 
 A missing input, an unsupported file type or a folder without images stops the run before the model is
 built (exit status 2), as does a checkpoint that is not one, is damaged or unsafe, or whose weights do not
@@ -28,7 +31,7 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -77,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def collect_inputs(paths: List[str]) -> List[Tuple[str, str]]:
-    """``(kind, path)`` pairs, kind ``'image'`` or ``'video'``, folders expanded (sorted, recursive)."""
+    """``(kind, path)`` pairs, kind ``'image'`` or ``'video'``, folders expanded (sorted, recursive), each file once."""
     found = []
     for path in paths:
         if osp.isdir(path):
@@ -95,7 +98,41 @@ def collect_inputs(paths: List[str]) -> List[Tuple[str, str]]:
         else:
             raise InputError(f'unsupported input type: {path} (images: {", ".join(IMAGE_SUFFIXES)}; '
                              f'videos: {", ".join(VIDEO_SUFFIXES)})')
-    return found
+    first = {}  # a file named twice (directly, through a folder or a link) is segmented once
+    for index, (_, path) in enumerate(found):
+        first.setdefault(osp.realpath(path), index)
+    return [pair for index, pair in enumerate(found) if first[osp.realpath(pair[1])] == index]
+
+
+def output_names(paths: List[str]) -> Dict[str, str]:
+    """Each input path -> the ``NAME`` its outputs start with: the file's stem, or, for inputs whose stems
+    collide, the fewest trailing path parts (joined by ``__``) that tell them apart; files that differ only
+    in their suffix (``clip.png``, ``clip.jpg``) keep it."""
+    bases = [osp.splitext(osp.abspath(path))[0] for path in paths]
+    parts = {}
+    for path, base in zip(paths, bases):
+        parts[path] = base.strip(os.sep).split(os.sep)
+        if bases.count(base) > 1:
+            parts[path][-1] = osp.basename(path)
+    depth = {path: 1 for path in paths}
+
+    def name(path: str) -> str:
+        return '__'.join(parts[path][-depth[path]:])
+
+    while True:
+        by_name: Dict[str, List[str]] = {}
+        for path in paths:
+            by_name.setdefault(name(path), []).append(path)
+        colliding = [group for group in by_name.values() if len(group) > 1]
+        deepen = [path for group in colliding for path in group if depth[path] < len(parts[path])]
+        if not deepen:
+            break
+        for path in deepen:
+            depth[path] += 1
+    names = {path: name(path) for path in paths}
+    for group in colliding:  # whole paths that join alike ('a__b/c', 'a/b__c'): numbered
+        names.update({path: f'{names[path]}_{index}' for index, path in enumerate(group, 1)})
+    return names
 
 
 def read_image(path: str) -> Tuple[np.ndarray, Optional[str]]:
@@ -184,13 +221,13 @@ def write_png(path: str, array: np.ndarray) -> None:
         raise OSError(f'could not write {path}')
 
 
-def process_video(segment: Segmenter, path: str, out_dir: str, progress: Progress) -> Tuple[int, Optional[str]]:
+def process_video(segment: Segmenter, path: str, stem: str, out_dir: str,
+                  progress: Progress) -> Tuple[int, Optional[str]]:
     """Segment every frame of the video at ``path``: the number of frames written, and why reading failed
     (None if it did not). A video that stops before its declared frame count keeps the frames written."""
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         return 0, f'cannot open video: {path}'
-    stem = osp.splitext(osp.basename(path))[0]
     label_dir = osp.join(out_dir, f'{stem}_labels')
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 when the container does not say
@@ -267,6 +304,11 @@ def main(argv=None) -> int:
     if args.precision == 'bf16' and not is_onnx_file(args.checkpoint):
         enable_bf16_inference(inferencer.model, torch.device(args.device).type)
     os.makedirs(args.out_dir, exist_ok=True)
+    names = output_names([path for _, path in inputs])
+    renamed = sorted(name for path, name in names.items() if name != osp.splitext(osp.basename(path))[0])
+    if renamed:
+        print(f'[infer] inputs share names; their outputs are named {", ".join(renamed[:6])}'
+              f'{" ..." if len(renamed) > 6 else ""}')
     segment = Segmenter(inferencer, args.opacity)
     images = [path for kind, path in inputs if kind == 'image']
     failed: List[str] = []
@@ -285,7 +327,7 @@ def main(argv=None) -> int:
             if damage is not None:
                 report('warning', f'{damage}; segmenting what could be decoded')
                 warned.append(damage)
-            stem = osp.splitext(osp.basename(path))[0]
+            stem = names[path]
             labels, color, overlay = segment(image)
             write_png(osp.join(args.out_dir, f'{stem}_labels.png'), labels)
             write_png(osp.join(args.out_dir, f'{stem}_color.png'), color)
@@ -293,7 +335,7 @@ def main(argv=None) -> int:
             segmented += 1
             progress.advance(task)
         for path in (path for kind, path in inputs if kind == 'video'):
-            count, problem = process_video(segment, path, args.out_dir, progress)
+            count, problem = process_video(segment, path, names[path], args.out_dir, progress)
             frames += count
             if problem is not None:
                 report('error', problem)
