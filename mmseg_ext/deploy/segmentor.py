@@ -6,6 +6,7 @@ The segmentor is mmseg's :class:`~mmseg.models.EncoderDecoder` with the graph as
 logits) and ``postprocess_result`` (padding removed, flip undone, bilinear resize to the original size,
 argmax) are mmseg's own.
 """
+import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,6 +23,33 @@ from .runtime import open_session
 
 __all__ = ['ONNXRuntimeSegmentor', 'RawSegDataPreProcessor', 'slide_windows', 'onnx_model_config', 'use_onnx_model',
            'onnx_inferencer']
+
+
+# onnx_model_config opens the file to check it before the runner starts; the segmentor the runner then builds
+# takes that session instead of opening the file again (for OpenVINO a second compile). One at a time, keyed by
+# the file as it was then (path, size, mtime) and the session's settings.
+_checked_session: Dict[tuple, object] = {}
+
+
+def _session_key(onnx_file: str, runtime: str, threads: Optional[int], precision: str) -> Optional[tuple]:
+    try:
+        stat = os.stat(onnx_file)
+    except OSError:
+        return None
+    return os.path.realpath(onnx_file), stat.st_size, stat.st_mtime_ns, runtime, threads, precision
+
+
+def _open_checked_session(onnx_file: str, runtime: str, threads: Optional[int], precision: str, keep: bool):
+    """The session of ``onnx_file``: the one :func:`onnx_model_config` kept, if it fits, else a new one (kept
+    for the segmentor when ``keep``)."""
+    key = _session_key(onnx_file, runtime, threads, precision)
+    session = _checked_session.pop(key, None) if key is not None else None
+    if session is None:
+        session = open_session(onnx_file, runtime, threads=threads, precision=precision)
+    _checked_session.clear()
+    if keep and key is not None:
+        _checked_session[key] = session
+    return session
 
 
 def slide_windows(height: int, width: int, crop: Sequence[int],
@@ -101,7 +129,7 @@ class ONNXRuntimeSegmentor(EncoderDecoder):
                  init_cfg: Optional[dict] = None):
         # EncoderDecoder's own __init__ builds a backbone and heads; the graph replaces them.
         BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.session = open_session(onnx_file, runtime, threads=threads, precision=precision)
+        self.session = _open_checked_session(onnx_file, runtime, threads, precision, keep=False)
         meta = self.session.meta
         if meta.output != 'logits':
             raise DeployError(f'{onnx_file} outputs {meta.output}; mmseg\'s evaluation resizes logits to each image\'s '
@@ -140,15 +168,15 @@ def onnx_model_config(model_cfg: dict, onnx_file: str, threads: Optional[int] = 
     """The segmentor running ``onnx_file`` with ``runtime`` in place of ``model_cfg``, checked against it.
 
     The config's test mode, crop and stride are used (so ``--cfg-options model.test_cfg...`` works), with
-    the file's number of classes and normalisation checked against the config's. The file is opened once
-    here, so that a runtime which cannot load it, or cannot run ``precision`` on this CPU, stops before the
-    runner starts.
+    the file's number of classes and normalisation checked against the config's. The file is opened here,
+    so that a runtime which cannot load it, or cannot run ``precision`` on this CPU, stops before the
+    runner starts; the segmentor built from the returned config takes over that session.
 
     Raises:
         DeployError: for a missing or unreadable file, one whose classes, normalisation or static input
             size do not match the config (both values named), or a runtime or precision that cannot run it.
     """
-    meta = open_session(onnx_file, runtime, threads=threads, precision=precision).meta
+    meta = _open_checked_session(onnx_file, runtime, threads, precision, keep=True).meta
     heads = model_cfg.get('decode_head')
     last_head = heads[-1] if isinstance(heads, (list, tuple)) else heads
     config_classes = (last_head or {}).get('num_classes')

@@ -112,3 +112,26 @@ def test_tools_refuse_runtime_with_a_checkpoint_before_any_work(tool, tmp_path, 
         load_tool(tool).main(argv[:2] + ['--runtime', 'tensorrt'] + argv[4:])
     assert exit_code.value.code == 2
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
+def test_the_file_is_opened_once_between_the_check_and_the_runner(erfnet, runtime, monkeypatch):
+    """onnx_model_config opens the file to refuse it early; the segmentor built from its config takes that
+    session (for OpenVINO one compile, not two), unless the file changed in between."""
+    from mmseg_ext.deploy import onnx_model_config
+    from mmseg_ext.deploy import segmentor as segmentor_module
+    from mmseg_ext.registry import MODELS
+    cfg, path = erfnet
+    opened = []
+    real_open = segmentor_module.open_session
+    monkeypatch.setattr(segmentor_module, 'open_session', lambda *args, **kwargs: opened.append(args) or
+                        real_open(*args, **kwargs))
+    model_cfg = onnx_model_config(cfg.model.copy(), str(path), threads=1, runtime=runtime)
+    first = MODELS.build(model_cfg)
+    assert len(opened) == 1 and first.session.runtime == runtime
+    second = MODELS.build(model_cfg)  # the checked session went to the first segmentor
+    assert len(opened) == 2 and second.session is not first.session
+    model_cfg = onnx_model_config(cfg.model.copy(), str(path), threads=1, runtime=runtime)
+    path.touch()
+    MODELS.build(model_cfg)
+    assert len(opened) == 4, 'a file written since the check is opened again'
