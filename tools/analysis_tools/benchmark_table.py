@@ -25,8 +25,6 @@ from typing import Dict, List, Optional, Tuple
 HEADER = ('| config | task | input | allocator | variant | GFLOPs | median (ms) | n | speed-up | GMAC/s | % of roof | '
           'peak memory (MB) | memory ratio | max abs diff | first call (s) |')
 RULE = '|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
-PRECISIONS = ('float32', 'bf16', 'int8')
-OPERATIONS = ('matmul', 'conv')
 
 
 def config_name(result: dict) -> str:
@@ -128,19 +126,22 @@ def roof_notes(results: List[dict]) -> List[str]:
     if not measured:
         return ['No run measured the roof (`--no-roof`).', '']
     first = measured[0]['roof']
-    head = ' | '.join(f'{precision} {operation}' for precision in PRECISIONS for operation in OPERATIONS)
+    # The precisions and operations the roof measured (mmseg_ext.benchmark.roofline), in its order.
+    precisions = [name for name, entry in first.items() if isinstance(entry, dict) and 'kernels' in entry]
+    operations = list(first['operations'])
+    head = ' | '.join(f'{precision} {operation}' for precision in precisions for operation in operations)
     lines = [f"Roof of each run, GMAC/s (each kernel the best of at least {first['calls']} calls and "
              f"{first.get('min_seconds', 0)} s; matmul: "
              f"{first['operations']['matmul']}, conv: {first['operations']['conv']}):", '',
              f'| config | task | input | variants | threads | {head} |',
-             '|---|---|---|---|---:|' + '---:|' * (len(PRECISIONS) * len(OPERATIONS))]
+             '|---|---|---|---|---:|' + '---:|' * (len(precisions) * len(operations))]
     for result in measured:
         roof = result['roof']
-        rates = ' | '.join(f'{roof[precision][operation]:.0f}' for precision in PRECISIONS for operation in OPERATIONS)
+        rates = ' | '.join(f'{roof[precision][operation]:.0f}' for precision in precisions for operation in operations)
         lines.append(f"| {config_name(result)} | {result['task']} | {result['shape'][0]}x{result['shape'][1]} | "
                      f"{', '.join(result['variants'])} | {roof['threads']} | {rates} |")
     kernels = [f"- {precision}: matmul `{first[precision]['kernels']['matmul']}`, conv "
-               f"`{first[precision]['kernels']['conv']}`" for precision in PRECISIONS]
+               f"`{first[precision]['kernels']['conv']}`" for precision in precisions]
     return lines + ['', 'Kernels:', '', *kernels, '']
 
 
