@@ -22,8 +22,9 @@ setup(
     # Configs and tools ship inside the package, as OpenMMLab packages ship theirs (mmseg/.mim/configs), so
     # `mmseg_ext::segformer/...` names a config of the installed package. In the repository .mim/configs and
     # .mim/tools are links to configs/ and tools/; the wheel holds copies of the files.
+    # The published-results table is the chart tool's default data (tools/analysis_tools/plot_results.py).
     package_data={'mmseg_ext': ['.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/tools/**/*.py',
-                                '.mim/tools/**/*.sh']},
+                                '.mim/tools/**/*.sh', '.mim/docs/published_cityscapes.csv']},
     install_requires=[
         'torch>=1.12',
         'mmsegmentation>=1.2.0,<1.3',

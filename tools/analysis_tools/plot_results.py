@@ -1,8 +1,8 @@
 """Plot Cityscapes mIoU against parameters (log scale): published models plus your own runs.
 
-Published figures come from ``docs/published_cityscapes.csv`` (each row names its source). Rows whose
-parameter count was not read in a source (``params_verified=no``) are left out unless
-``--include-unverified`` is given, and then drawn hollow. Your runs are read from ``work_dirs``: every
+Published figures come from ``docs/published_cityscapes.csv`` (each row names its source; the wheel ships it
+as ``mmseg_ext/.mim/docs/published_cityscapes.csv``). Rows whose parameter count was not read in a source
+(``params_verified=no``) are left out unless ``--include-unverified`` is given, and then drawn hollow. Your runs are read from ``work_dirs``: every
 run folder with a dumped config and a validation mIoU in its logs becomes a star, its parameters
 counted from the model that config builds.
 

@@ -117,6 +117,9 @@ check(osp.isfile('segformer_b0.onnx') and relative is not None and float(relativ
       f'the converted model exports to ONNX with the shipped export_onnx.py; ONNX Runtime agrees with PyTorch:\n'
       f'{out.strip()}')
 
+run(tool('plot_results.py'), '--work-dirs', 'work_dir', '--out', 'chart.svg')
+check(osp.getsize('chart.svg') > 0, 'the shipped plot_results.py charts the published figures it ships with')
+
 # The converted config's Cityscapes images are absent here: int8 calibrates on the package's demo scenes.
 out = run(tool('benchmark.py'), config, 'segformer_b0.pth', '--variants', 'onnxruntime', 'onnxruntime-int8',
           '--shape', '64', '128', '--mode', 'whole', '--repeats', '1', '--warmup', '0', '--no-flops', '--no-roof')
