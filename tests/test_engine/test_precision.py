@@ -1,6 +1,7 @@
 """The bf16 paths: inference close to float32 on every family, autocast training steps, and the refusals."""
 import copy
 import re
+from typing import Optional
 
 import pytest
 import torch
@@ -47,6 +48,30 @@ def test_bf16_inference_stays_close_to_float32(family):
     assert agreement > BF16_LABEL_AGREEMENT
 
 
+@pytest.mark.parametrize('family', sorted(FAMILY_CONFIGS))
+def test_float16_autocast_inference_and_gradients_follow_float32(family):
+    """float16 is the autocast dtype of ``tools/train.py --amp`` on a GPU (mmengine's AmpOptimWrapper); no GPU
+    here, so the same autocast rules run on the CPU: every layer, the SegFormer head's in-place fusion included,
+    must accept float16 activations, and the results follow float32's."""
+    _, model = family_model(family)
+    data = batch(64, 128)
+    expected = logits(model, data)
+    conv_dtypes = _output_dtypes(model, torch.nn.Conv2d)
+    with torch.autocast('cpu', dtype=torch.float16):
+        actual = logits(model, data)
+    assert conv_dtypes == {torch.float16}
+    assert relative_difference(actual.float(), expected) < 0.01
+    assert (actual.argmax(0) == expected.argmax(0)).float().mean().item() > 0.99
+    model.train()
+    for norm in batch_norms(model):
+        norm.eval()  # as in the bf16 gradient test below: running statistics, so gradients carry signal
+    reference = _gradients(copy.deepcopy(model), autocast=None)
+    gradients = _gradients(model, autocast=torch.float16)
+    cosine = torch.nn.functional.cosine_similarity(gradients, reference, dim=0).item()
+    assert cosine > 0.999, f'float16 gradients point elsewhere than float32 ones (cosine {cosine:.5f})'
+    assert abs(gradients.norm() / reference.norm() - 1) < 0.01
+
+
 @needs_bf16
 def test_bf16_inference_covers_slide_mode():
     _, model = family_model('segformer-b0')
@@ -57,11 +82,11 @@ def test_bf16_inference_covers_slide_mode():
     assert relative_difference(logits(model, data), expected) < BF16_LOGIT_BOUND
 
 
-def _gradients(model: torch.nn.Module, autocast: bool) -> torch.Tensor:
+def _gradients(model: torch.nn.Module, autocast: Optional[torch.dtype]) -> torch.Tensor:
     images, samples = training_batch(64, 128)
     model.zero_grad()
     torch.manual_seed(1)  # the same dropout masks in both runs
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast('cpu', dtype=autocast or torch.float32, enabled=autocast is not None):
         losses = model.loss(images, samples)
     loss, _ = model.parse_losses(losses)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -83,9 +108,9 @@ def test_autocast_gradients_follow_float32(family):
     model.train()
     for norm in batch_norms(model):
         norm.eval()
-    reference = _gradients(copy.deepcopy(model), autocast=False)
+    reference = _gradients(copy.deepcopy(model), autocast=None)
     conv_dtypes = _output_dtypes(model, torch.nn.Conv2d)
-    gradients = _gradients(model, autocast=True)
+    gradients = _gradients(model, autocast=torch.bfloat16)
     assert conv_dtypes == {torch.bfloat16}
     cosine = torch.nn.functional.cosine_similarity(gradients, reference, dim=0).item()
     assert cosine > 0.99, f'bf16 gradients point elsewhere than float32 ones (cosine {cosine:.4f})'

@@ -49,7 +49,7 @@ class ClassWeightedCrossEntropyLoss(nn.Module):
                 weight: Optional[Tensor] = None,
                 ignore_index: int = 255,
                 **kwargs) -> Tensor:
-        """Weighted mean cross-entropy of ``cls_score`` (N, C, H, W) against ``label`` (N, H, W).
+        """Weighted mean cross-entropy of ``cls_score`` (N, C, H, W) against ``label`` (N, H, W), in float32.
 
         Raises:
             InvalidArgumentError: If the number of classes differs from ``len(class_weight)`` or a
@@ -61,7 +61,11 @@ class ClassWeightedCrossEntropyLoss(nn.Module):
         if weight is not None:
             raise InvalidArgumentError('ClassWeightedCrossEntropyLoss does not take pixel-wise weights '
                                        '(no pixel sampler)')
-        class_weight = self.class_weight.to(cls_score.dtype)
+        # In float32 whatever the logits' dtype (autocast's rule for cross-entropy): the weight total of a
+        # float16 batch overflows (a 512x1024 crop has 524288 pixels, float16's largest value is 65504) and
+        # would turn the loss into 0, and a bfloat16 sum keeps 8 bits of it.
+        cls_score = cls_score.float()
+        class_weight = self.class_weight.float()
         valid = label != ignore_index
         total_weight = class_weight[label[valid]].sum()
         if total_weight == 0:  # nothing to learn from; keep the graph connected

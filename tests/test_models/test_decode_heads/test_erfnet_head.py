@@ -89,6 +89,23 @@ def test_class_weighted_loss_is_weighted_mean_over_non_ignored_pixels():
     assert loss(logits, all_ignored, ignore_index=255) == 0
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_class_weighted_loss_of_low_precision_logits_is_the_float32_loss(dtype):
+    """A crop's weight total passes float16's largest value (65504) long before 512x1024 pixels: summed in
+    float16 it became inf and the loss 0 (nothing learnt under CUDA autocast)."""
+    weights = torch.full((19,), 10.0)
+    loss = ClassWeightedCrossEntropyLoss(class_weight=weights.tolist())
+    logits = torch.randn(1, 19, 128, 256)  # 32768 pixels x weight 10
+    labels = torch.randint(0, 19, (1, 128, 256))
+    low = logits.to(dtype)
+    actual = loss(low, labels)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, F.cross_entropy(low.float(), labels, weight=weights))
+    low.requires_grad_(True)
+    loss(low, labels).backward()
+    assert low.grad.dtype == dtype and low.grad.abs().sum() > 0
+
+
 def test_class_weighted_loss_errors():
     with pytest.raises(ValueError, match=re.escape('got [1.0, -1.0]')):
         ClassWeightedCrossEntropyLoss(class_weight=[1.0, -1.0])
