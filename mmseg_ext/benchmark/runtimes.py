@@ -73,7 +73,8 @@ class OnnxRuntimeVariant:
         export_segmentor(model, cfg, self.path, graph_shape, dynamic=False, fused_conv_bn=True)
         self.row_fields: dict = {}  # extra fields of this variant's benchmark row
         if quantize_cfg is not None:
-            from mmseg_ext.deploy.quantize import benchmark_calibration_config, quantize_int8
+            from mmseg_ext.deploy.calibration import benchmark_calibration_config
+            from mmseg_ext.deploy.quantize import quantize_int8
             calibration_cfg, source = benchmark_calibration_config(quantize_cfg, self._directory.name,
                                                                    calibration_images)
             print(f'[benchmark] int8 calibration on {calibration_images} images of {source}', file=sys.stderr)

@@ -10,7 +10,7 @@ Labels use the 19 Cityscapes train ids (road 0, sidewalk 1, building 2, pole 5, 
 vegetation 8, sky 10, person 11, car 13 are drawn) and 255 for the ignored ego-vehicle hood. Every
 scene is drawn from ``seed`` and its index alone, so the same arguments give byte-identical files.
 The command line is ``tools/dataset_converters/make_demo_data.py``; int8 calibration
-(:mod:`mmseg_ext.deploy.quantize`) calls :func:`write_demo_dataset` when a config's own images are absent.
+(:mod:`mmseg_ext.deploy.calibration`) calls :func:`write_demo_dataset` when a config's own images are absent.
 """
 from dataclasses import dataclass
 from pathlib import Path

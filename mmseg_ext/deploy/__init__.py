@@ -3,7 +3,8 @@ and predicts as mmseg does.
 
 ``tools/deployment/export_onnx.py`` writes the file (:mod:`.export`); :class:`ONNXRuntimeSegmentor` runs it inside
 mmengine's runner and mmseg's inferencer (:mod:`.segmentor`); :mod:`.runtime` holds the session
-settings; :mod:`.quantize` the int8 path. Importing this package registers the segmentor and its data
+settings; :mod:`.quantize` the int8 path, with its calibration images (:mod:`.calibration`) and
+graph rewrites (:mod:`.graph_rewrites`). Importing this package registers the segmentor and its data
 preprocessor in the plugin registry (``mmseg_ext.ONNXRuntimeSegmentor``).
 """
 from typing import Optional

@@ -190,7 +190,7 @@ def test_graph_preparation_keeps_the_logits(tmp_path):
     interleave, split Gemm bias, fused GELU) change no value."""
     import onnx
     from mmseg_ext.deploy import OnnxSegmentorSession
-    from mmseg_ext.deploy.quantize import prepare_graph
+    from mmseg_ext.deploy.graph_rewrites import prepare_graph
     images = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 128)).astype(np.float32)
     for name, rewrites in (('erfnet-fcn', ('conv_transpose_as_phases', 'relu_before_depth_to_space')),
                            ('segformer-b0', ('gelu_fused',))):
@@ -206,8 +206,8 @@ def test_graph_preparation_keeps_the_logits(tmp_path):
 
 
 def test_benchmark_calibrates_on_demo_scenes_when_the_config_data_is_absent(tmp_path, tiny_data):
-    from mmseg_ext.deploy.quantize import (CONFIG_CALIBRATION, DEMO_CALIBRATION, benchmark_calibration_config,
-                                           check_calibration_data)
+    from mmseg_ext.deploy.calibration import (CONFIG_CALIBRATION, DEMO_CALIBRATION, benchmark_calibration_config,
+                                              check_calibration_data)
     cfg, _ = family_model('erfnet-fcn', cfg_options={'train_dataloader.dataset.data_root': str(tmp_path / 'absent')})
     calibration_cfg, source = benchmark_calibration_config(cfg, str(tmp_path), images=2)
     assert source == DEMO_CALIBRATION == 'demo scenes (config data absent)'

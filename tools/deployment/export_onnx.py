@@ -28,7 +28,8 @@ from mmseg_ext.checkpoint.weights_check import CHECKPOINT_ERRORS, load_weights_s
 from mmseg_ext.deploy import DeployError
 from mmseg_ext.deploy.export import (OUTPUTS, DeployableSegmentor, compare_with_pytorch, default_shape,
                                      export_segmentor)
-from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, check_calibration_data, quantize_int8
+from mmseg_ext.deploy.calibration import check_calibration_data
+from mmseg_ext.deploy.quantize import DEFAULT_OP_TYPES, quantize_int8
 from mmseg_ext.launch import load_run_config
 from mmseg_ext.preflight import PreflightError
 
