@@ -21,7 +21,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from mmseg_ext.deploy.export import export_segmentor
-from mmseg_ext.deploy.runtime import _import_openvino, require_openvino_bf16
+from mmseg_ext.deploy.runtime import import_openvino, require_openvino_bf16
 from mmseg_ext.deploy.segmentor import RawSegDataPreProcessor, slide_windows
 from mmseg_ext.folding import fuse_conv_bn
 from mmseg_ext.registry import MODELS
@@ -111,7 +111,7 @@ def _runtime_step(quantize: bool, runtime: str = 'onnxruntime', precision: str =
         if context.cfg is None or context.input_shape is None:
             raise ValueError(f'the {runtime} variants need the config and the input size in the VariantContext')
         if runtime == 'openvino':  # refused before the export, which takes a while
-            _import_openvino()
+            import_openvino()
             if precision == 'bf16':
                 require_openvino_bf16()
         variant = OnnxRuntimeVariant(context.plugin, context.cfg, context.input_shape, torch.get_num_threads(),

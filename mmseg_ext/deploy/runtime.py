@@ -21,7 +21,7 @@ from mmseg_ext.precision import PRECISIONS
 from .metadata import INPUT_NAME, DeployError, DeployMetadata, check_onnx_path, read_metadata
 
 __all__ = ['session_options', 'OnnxSegmentorSession', 'OpenVinoSegmentorSession', 'open_session', 'RUNTIMES',
-           'PRECISIONS', 'openvino_capabilities', 'require_openvino_bf16']
+           'PRECISIONS', 'import_openvino', 'openvino_capabilities', 'require_openvino_bf16']
 
 RUNTIMES = ('onnxruntime', 'openvino')
 # OpenVINO's names for the precisions above (its INFERENCE_PRECISION_HINT values).
@@ -157,7 +157,8 @@ class OnnxSegmentorSession(_SegmentorSession):
         return binding.copy_outputs_to_cpu()[0]
 
 
-def _import_openvino():
+def import_openvino():
+    """The ``openvino`` module, or a one-line :class:`DeployError` saying how to install it."""
     try:
         import openvino
     except ImportError:
@@ -169,7 +170,7 @@ def _import_openvino():
 def openvino_capabilities() -> List[str]:
     """What OpenVINO's CPU plugin reports it can run on this CPU (``OPTIMIZATION_CAPABILITIES``, e.g.
     ``['FP32', 'INT8', 'BF16', ...]``)."""
-    return list(_import_openvino().Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))
+    return list(import_openvino().Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))
 
 
 def require_openvino_bf16() -> None:
@@ -205,7 +206,7 @@ class OpenVinoSegmentorSession(_SegmentorSession):
     runtime = 'openvino'
 
     def __init__(self, path: str, threads: Optional[int] = None, precision: str = 'float32'):
-        openvino = _import_openvino()
+        openvino = import_openvino()
         if precision not in PRECISIONS:
             raise DeployError(f'unknown precision {precision!r}: choose one of {", ".join(PRECISIONS)}')
         meta = _file_metadata(path)
