@@ -62,8 +62,11 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     proc.wait()
     assert (work_dir / 'iter_4.pth').exists(), 'training never reached its second checkpoint'
     last = Path((work_dir / 'last_checkpoint').read_text().strip())
-    done = int(re.search(r'iter_(\d+)\.pth', last.name).group(1))
-    assert 2 <= done < 400  # last_checkpoint may still name the previous one if killed mid-save
+    named = int(re.search(r'iter_(\d+)\.pth', last.name).group(1))
+    # Checkpoints are renamed into place complete, and last_checkpoint is pointed at them afterwards: killed
+    # between the two, it still names the previous one, and --resume takes the newest complete file.
+    done = max(int(re.fullmatch(r'iter_(\d+)\.pth', path.name).group(1)) for path in work_dir.glob('iter_*.pth'))
+    assert 2 <= named <= done < 400 and done - named in (0, 2)
 
     resumed = run_tool(['train.py', config, '--work-dir', work_dir, '--resume', '--cfg-options',
                         f'train_cfg.max_iters={done + 2}', f'train_cfg.val_interval={done + 2}'], cwd=tmp_path)
